@@ -1,0 +1,34 @@
+# sr-lightning: every entry point is a make target. `make install` builds .venv/.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+# CPU machines take the local CPU wheel; CUDA users: make install TORCH="torch==2.x.y"
+TORCH ?= torch==2.13.0
+DATA ?= ../shared/datasets
+
+.PHONY: install test lint format eval-bicubic train clean
+
+install:
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --upgrade pip
+	$(PY) -m pip install "$(TORCH)"
+	$(PY) -m pip install -e ".[dev,sample]"
+
+test:
+	$(PY) -m pytest -q
+
+lint:
+	$(PY) -m ruff check src tests train.py eval.py
+	$(PY) -m ruff format --check src tests train.py eval.py
+
+format:
+	$(PY) -m ruff format src tests train.py eval.py
+	$(PY) -m ruff check --fix src tests train.py eval.py
+
+# The paper's bicubic rows, reproduced on the four benchmarks.
+eval-bicubic:
+	$(PY) eval.py model=bicubic data.root=$(DATA) data.scales=[2,3,4] \
+		data.benchmarks=[Set5,Set14,B100,Urban100] results_path=outputs/bicubic.json
+
+clean:
+	rm -rf .pytest_cache .ruff_cache src/*.egg-info

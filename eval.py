@@ -1,0 +1,20 @@
+"""Evaluate a model on the SR benchmarks: ``python eval.py model=bicubic data.root=DIR``."""
+
+import os
+from pathlib import Path
+
+import hydra
+from omegaconf import DictConfig
+
+os.environ.setdefault("PROJECT_ROOT", str(Path(__file__).resolve().parent))
+
+
+@hydra.main(version_base="1.3", config_path="conf", config_name="eval")
+def main(cfg: DictConfig) -> None:
+    from sr_lightning.cli import run_eval
+
+    run_eval(cfg)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,1 @@
+"""Data: image I/O, MATLAB-exact degradation, caches, data sets, DataModule, downloads."""

@@ -1,0 +1,168 @@
+"""Evaluation data sets: whole-image LR/HR pairs (Set5, Set14, B100, Urban100, DIV2K val).
+
+Layout (the reference code's, and that of ``../shared/datasets``)::
+
+    <root>/benchmark/<Set>/HR/<stem>.png
+    <root>/benchmark/<Set>/LR_bicubic/X<s>/<stem>x<s>.png
+    <root>/DIV2K/DIV2K_train_HR/0801.png, DIV2K_train_LR_bicubic/X<s>/0801x<s>.png
+
+A missing LR file is generated from the HR image with the MATLAB-exact degradation and cached.
+Items hold uint8 tensors; float conversion happens on the device, after any crop.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch.utils.data import Dataset
+
+from .cache import cached_uint8
+from .degradation import bicubic_downscale
+from .io import ImageError, list_images, load_image
+
+BENCHMARKS = ("Set5", "Set14", "B100", "Urban100")
+DIV2K_VAL = "DIV2K"
+
+
+@dataclass(frozen=True)
+class Pair:
+    hr: Path
+    lr: Path | None  # None: generate with imresize
+
+
+def benchmark_pairs(root: str | Path, name: str, scale: int) -> list[Pair]:
+    """HR/LR file pairs of benchmark ``name`` at ``scale`` (LR None where no file exists)."""
+    if name not in BENCHMARKS:
+        raise ValueError(
+            f"data.benchmarks: unknown set {name!r}; allowed values: {[*BENCHMARKS, DIV2K_VAL]}"
+        )
+    set_dir = Path(root).expanduser() / "benchmark" / name
+    hr_dir = set_dir / "HR"
+    if not hr_dir.is_dir() or not list_images(hr_dir):
+        raise FileNotFoundError(
+            f"benchmark {name} not found: expected images in {hr_dir}/ "
+            f"(and optionally {set_dir}/LR_bicubic/X{scale}/<stem>x{scale}.png). "
+            f"Get it with `python -m sr_lightning.data.download benchmark --root {root}`, "
+            "or set data.root to a folder with this layout."
+        )
+    lr_dir = set_dir / "LR_bicubic" / f"X{scale}"
+    pairs = []
+    for hr in list_images(hr_dir):
+        lr = lr_dir / f"{hr.stem}x{scale}.png"
+        pairs.append(Pair(hr, lr if lr.is_file() else None))
+    return pairs
+
+
+def div2k_pairs(root: str | Path, scale: int, first: int, last: int) -> list[Pair]:
+    """DIV2K images ``first..last`` (1-based, inclusive) in the official archive layout.
+
+    Images 0801-0900 are looked up in ``DIV2K_train_*`` (the authors' merged layout) and then in
+    ``DIV2K_valid_*`` (the official zips).
+    """
+    base = Path(root).expanduser() / "DIV2K"
+    pairs = []
+    for i in range(first, last + 1):
+        for split in ("train", "valid"):
+            hr = base / f"DIV2K_{split}_HR" / f"{i:04d}.png"
+            if hr.is_file():
+                lr = base / f"DIV2K_{split}_LR_bicubic" / f"X{scale}" / f"{i:04d}x{scale}.png"
+                pairs.append(Pair(hr, lr if lr.is_file() else None))
+                break
+        else:
+            raise FileNotFoundError(
+                f"DIV2K image {i:04d} not found in {base}/DIV2K_train_HR/ or DIV2K_valid_HR/. "
+                f"Get DIV2K with `python -m sr_lightning.data.download div2k --root {root}`."
+            )
+    return pairs
+
+
+def folder_pairs(hr_dir: str | Path) -> list[Pair]:
+    """Any folder of HR images; LR is generated with the MATLAB-exact imresize and cached."""
+    hr_dir = Path(hr_dir).expanduser()
+    if not hr_dir.is_dir():
+        raise FileNotFoundError(f"image folder not found: {hr_dir}")
+    images = list_images(hr_dir)
+    if not images:
+        raise FileNotFoundError(f"no images (png/bmp/jpg/tif/webp) in {hr_dir}")
+    return [Pair(p, None) for p in images]
+
+
+def load_hr(path: Path, cache_dir: Path | None = None) -> torch.Tensor:
+    """Decoded HR image (C, H, W) uint8, C = 1 or 3, through the uint8 cache."""
+    return cached_uint8([path], "img", lambda: load_image(path), cache_dir)
+
+
+def load_lr(pair: Pair, scale: int, cache_dir: Path | None = None) -> torch.Tensor:
+    """Decoded (or generated and cached) LR image of ``pair`` at ``scale``."""
+    if pair.lr is not None:
+        return cached_uint8([pair.lr], "img", lambda: load_image(pair.lr), cache_dir)
+    return cached_uint8(
+        [pair.hr],
+        f"lrx{scale}",
+        lambda: bicubic_downscale(load_hr(pair.hr, cache_dir), scale),
+        cache_dir,
+    )
+
+
+def aligned_pair(
+    pair: Pair, scale: int, cache_dir: Path | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(LR, HR) uint8 with HR cropped to exactly LR size x ``scale`` (top-left), checked."""
+    hr = load_hr(pair.hr, cache_dir)
+    lr = load_lr(pair, scale, cache_dir)
+    h, w = lr.shape[-2] * scale, lr.shape[-1] * scale
+    if lr.shape[0] != hr.shape[0]:
+        raise ImageError(f"{pair.lr}: {lr.shape[0]} channels, but {pair.hr} has {hr.shape[0]}")
+    hr_h, hr_w = hr.shape[-2:]
+    if not (h <= hr_h < h + scale and w <= hr_w < w + scale):
+        raise ImageError(
+            f"{pair.lr}: LR size {tuple(lr.shape[-2:])} does not match HR {pair.hr} "
+            f"{tuple(hr.shape[-2:])} at x{scale} (expected floor(HR / {scale}))"
+        )
+    return lr, hr[..., :h, :w]
+
+
+class EvalDataset(Dataset):
+    """Whole-image pairs of one set at one scale; items are dicts of uint8 tensors.
+
+    ``gray`` marks single-channel images (scored on the gray value, see ``metrics``); their
+    LR/HR are replicated to RGB for the network.
+    """
+
+    def __init__(self, name: str, pairs: list[Pair], scale: int, cache_dir: Path | None = None):
+        self.name = name
+        self.pairs = pairs
+        self.scale = scale
+        self.cache_dir = cache_dir
+
+    def __len__(self) -> int:
+        return len(self.pairs)
+
+    def __getitem__(self, i: int) -> dict:
+        lr, hr = aligned_pair(self.pairs[i], self.scale, self.cache_dir)
+        gray = lr.shape[0] == 1
+        return {
+            "lr": lr.expand(3, -1, -1) if gray else lr,
+            "hr": hr.expand(3, -1, -1) if gray else hr,
+            "gray": gray,
+            "name": self.pairs[i].hr.stem,
+            "index": i,
+            "scale": self.scale,
+        }
+
+
+def eval_dataset(
+    root: str | Path,
+    name: str,
+    scale: int,
+    cache_dir: Path | None = None,
+    div2k_range: tuple[int, int] = (801, 810),
+) -> EvalDataset:
+    """The evaluation set ``name`` (a benchmark, or ``DIV2K`` for DIV2K validation)."""
+    if name == DIV2K_VAL:
+        pairs = div2k_pairs(root, scale, *div2k_range)
+    else:
+        pairs = benchmark_pairs(root, name, scale)
+    return EvalDataset(name, pairs, scale, cache_dir)

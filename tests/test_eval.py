@@ -1,0 +1,123 @@
+"""The evaluation pipeline reproduces the paper's bicubic rows (Table 3)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from sr_lightning.checkpoint import load_weights
+from sr_lightning.data.datasets import benchmark_pairs, eval_dataset
+from sr_lightning.evaluate import evaluate
+from sr_lightning.models import EDSR, Bicubic
+
+REPO = Path(__file__).resolve().parents[1]
+
+# ../shared/paper/EDSR-facts.md, Table 3, "Bicubic" column: (PSNR, SSIM)
+PAPER_BICUBIC = {
+    ("Set5", 2): (33.66, 0.9299),
+    ("Set5", 3): (30.39, 0.8682),
+    ("Set5", 4): (28.42, 0.8104),
+    ("Set14", 2): (30.24, 0.8688),
+    ("Set14", 3): (27.55, 0.7742),
+    ("Set14", 4): (26.00, 0.7027),
+}
+
+
+def test_bicubic_reproduces_paper_table(data_root, cache_dir):
+    rows = evaluate(
+        Bicubic(),
+        data_root,
+        ["Set5", "Set14"],
+        [2, 3, 4],
+        model_name="bicubic",
+        device="cpu",
+        cache_dir=cache_dir,
+    )
+    assert len(rows) == 6
+    for row in rows:
+        psnr, ssim = PAPER_BICUBIC[row["dataset"], row["scale"]]
+        assert row["n_images"] == {"Set5": 5, "Set14": 14}[row["dataset"]]
+        assert abs(row["psnr"] - psnr) <= 0.02, row
+        assert abs(row["ssim"] - ssim) <= 0.001, row
+
+
+def test_set14_gray_image_is_flagged(data_root, cache_dir):
+    data = eval_dataset(data_root, "Set14", 2, cache_dir)
+    gray = {item["name"] for item in data if item["gray"]}
+    assert gray == {"bridge"}  # `man` is stored as RGB with R=G=B: scored as colour
+
+
+def test_generated_lr_equals_shipped_and_is_cached(data_root, tmp_path):
+    """Urban100 ships no LR: it is generated with imresize, and equals MATLAB where both exist."""
+    shipped = eval_dataset(data_root, "Set5", 3, tmp_path)
+    missing = [p.__class__(p.hr, None) for p in benchmark_pairs(data_root, "Set5", 3)]
+    generated = shipped.__class__("Set5", missing, 3, tmp_path)
+    for a, b in zip(shipped, generated, strict=True):
+        assert torch.equal(a["lr"], b["lr"]) and torch.equal(a["hr"], b["hr"])
+    assert len(list(tmp_path.glob("*-lrx3-*.npy"))) == 5
+
+
+def test_eval_cli_writes_table_and_json(data_root, tmp_path):
+    out = tmp_path / "bicubic.json"
+    proc = subprocess.run(
+        [
+            sys.executable,
+            str(REPO / "eval.py"),
+            "model=bicubic",
+            f"data.root={data_root}",
+            "data.benchmarks=[Set5]",
+            "data.scales=[2,4]",
+            f"data.cache_dir={tmp_path / 'cache'}",
+            f"results_path={out}",
+            f"hydra.run.dir={tmp_path / 'run'}",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "| Set5 | x2 | 33.67 / 0.9303 |" in proc.stdout
+    rows = json.loads(out.read_text())
+    assert rows[0] == {
+        "dataset": "Set5",
+        "scale": 2,
+        "psnr": pytest.approx(33.66, abs=0.02),
+        "ssim": pytest.approx(0.9299, abs=0.001),
+        "model": "bicubic",
+        "self_ensemble": False,
+        "n_images": 5,
+    }
+    assert [r["scale"] for r in rows] == [2, 4]
+
+
+def test_missing_data_set_says_where_and_how(tmp_path):
+    with pytest.raises(FileNotFoundError) as err:
+        eval_dataset(tmp_path, "Set5", 2)
+    msg = str(err.value)
+    assert str(tmp_path / "benchmark" / "Set5" / "HR") in msg
+    assert "sr_lightning.data.download benchmark" in msg
+    with pytest.raises(ValueError, match="unknown set 'Set6'"):
+        eval_dataset(tmp_path, "Set6", 2)
+
+
+def test_model_without_the_scale_is_refused(data_root):
+    with pytest.raises(ValueError, match=r"data.scales=\[3\]: the model supports only x\[2\]"):
+        evaluate(EDSR(scale=2, n_resblocks=1, n_feats=8), data_root, ["Set5"], [3], model_name="m")
+
+
+def test_checkpoint_loading_is_strict_and_safe(tmp_path):
+    model = EDSR(scale=2, n_resblocks=2, n_feats=8)
+    path = tmp_path / "authors.pt"
+    torch.save(model.state_dict(), path)
+    fresh = load_weights(EDSR(scale=2, n_resblocks=2, n_feats=8), path)
+    torch.testing.assert_close(fresh.state_dict(), model.state_dict())
+    with pytest.raises(ValueError, match=r"does not fit this EDSR.*another shape"):
+        load_weights(EDSR(scale=4, n_resblocks=2, n_feats=8), path)
+    (tmp_path / "junk.pt").write_bytes(b"not a checkpoint")
+    with pytest.raises(ValueError, match="not a loadable checkpoint"):
+        load_weights(model, tmp_path / "junk.pt")
