@@ -101,7 +101,7 @@ def test_missing_data_set_says_where_and_how(tmp_path):
     msg = str(err.value)
     assert str(tmp_path / "benchmark" / "Set5" / "HR") in msg
     assert "sr_lightning.data.download benchmark" in msg
-    with pytest.raises(ValueError, match="unknown set 'Set6'"):
+    with pytest.raises(ValueError, match="unknown data set 'Set6'"):
         eval_dataset(tmp_path, "Set6", 2)
 
 

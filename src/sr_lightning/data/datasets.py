@@ -24,6 +24,7 @@ from .io import ImageError, list_images, load_image
 
 BENCHMARKS = ("Set5", "Set14", "B100", "Urban100")
 DIV2K_VAL = "DIV2K"
+SAMPLE = "sample"
 
 
 @dataclass(frozen=True)
@@ -36,7 +37,8 @@ def benchmark_pairs(root: str | Path, name: str, scale: int) -> list[Pair]:
     """HR/LR file pairs of benchmark ``name`` at ``scale`` (LR None where no file exists)."""
     if name not in BENCHMARKS:
         raise ValueError(
-            f"data.benchmarks: unknown set {name!r}; allowed values: {[*BENCHMARKS, DIV2K_VAL]}"
+            f"unknown data set {name!r} (data.benchmarks / data.val_sets); allowed values: "
+            f"{[*BENCHMARKS, DIV2K_VAL, SAMPLE]} or a folder of HR images"
         )
     set_dir = Path(root).expanduser() / "benchmark" / name
     hr_dir = set_dir / "HR"
@@ -153,6 +155,27 @@ class EvalDataset(Dataset):
         }
 
 
+def resolve_pairs(
+    root: str | Path,
+    name: str,
+    scale: int,
+    cache_dir: Path | None = None,
+    div2k_range: tuple[int, int] = (801, 810),
+    split: str = "val",
+) -> list[Pair]:
+    """Image pairs of ``name``: a benchmark, ``DIV2K`` (images ``div2k_range``), ``sample``
+    (the embedded photos, split ``split``) or a folder of HR images (a path)."""
+    if name == DIV2K_VAL:
+        return div2k_pairs(root, scale, *div2k_range)
+    if name == SAMPLE:
+        from .sample import sample_dir
+
+        return folder_pairs(sample_dir(cache_dir) / split)
+    if "/" in name or Path(name).expanduser().is_dir():
+        return folder_pairs(name)
+    return benchmark_pairs(root, name, scale)
+
+
 def eval_dataset(
     root: str | Path,
     name: str,
@@ -160,9 +183,6 @@ def eval_dataset(
     cache_dir: Path | None = None,
     div2k_range: tuple[int, int] = (801, 810),
 ) -> EvalDataset:
-    """The evaluation set ``name`` (a benchmark, or ``DIV2K`` for DIV2K validation)."""
-    if name == DIV2K_VAL:
-        pairs = div2k_pairs(root, scale, *div2k_range)
-    else:
-        pairs = benchmark_pairs(root, name, scale)
-    return EvalDataset(name, pairs, scale, cache_dir)
+    """The evaluation set ``name`` at ``scale`` (see :func:`resolve_pairs`)."""
+    pairs = resolve_pairs(root, name, scale, cache_dir, div2k_range)
+    return EvalDataset(Path(name).name if "/" in name else name, pairs, scale, cache_dir)

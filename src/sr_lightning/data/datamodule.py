@@ -1,0 +1,200 @@
+"""SRDataModule: DIV2K (or any HR folder) patches for training; whole images for evaluation."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+
+import lightning as L
+import torch
+import torch.distributed as dist
+from torch.utils.data import DataLoader, DistributedSampler
+
+from ..models.blocks import SCALES_EDSR
+from .datasets import DIV2K_VAL, SAMPLE, EvalDataset, Pair, aligned_pair, div2k_pairs, resolve_pairs
+from .io import ImageError
+from .patches import PatchBatches, derive_seed
+
+log = logging.getLogger(__name__)
+
+
+class UnpaddedDistributedSampler(DistributedSampler):
+    """Rank r takes images r, r + world, ...: every image is scored exactly once.
+
+    (torch's DistributedSampler pads Set5's 5 images to 6 on 2 ranks, counting one twice.)
+    Lightning leaves a DistributedSampler it is given in place.
+    """
+
+    def __init__(self, dataset, num_replicas: int, rank: int):
+        super().__init__(dataset, num_replicas=num_replicas, rank=rank, shuffle=False)
+
+    def __iter__(self):
+        return iter(range(self.rank, len(self.dataset), self.num_replicas))
+
+    def __len__(self) -> int:
+        return len(range(self.rank, len(self.dataset), self.num_replicas))
+
+
+class SRDataModule(L.LightningDataModule):
+    """Data for SR training and evaluation (paper Sec. 4.1), configured by ``conf/data/*.yaml``.
+
+    - train: random ``patch_size`` LR patches (HR ``patch_size * scale``) from ``train_set``
+      (``DIV2K`` images ``train_range``, ``sample``, or a folder of HR images whose LR is made
+      with the MATLAB-exact imresize), 8 dihedral augmentations, one scale per batch drawn
+      among ``scales``, ``updates_per_epoch`` batches of ``batch_size`` (per device) per epoch;
+    - val: whole images of ``val_sets`` at every scale (one dataloader per set and scale);
+    - test: the ``benchmarks`` at every scale.
+    Decoded images are cached as uint8 ``.npy`` memory maps (``cache_dir``), built once.
+    """
+
+    def __init__(
+        self,
+        root: str,
+        scales: Sequence[int] = (2,),
+        patch_size: int = 48,
+        batch_size: int = 16,
+        num_workers: int = 4,
+        benchmarks: Sequence[str] = ("Set5", "Set14", "B100", "Urban100"),
+        train_set: str = DIV2K_VAL,
+        train_range: Sequence[int] = (1, 800),
+        val_sets: Sequence[str] = (DIV2K_VAL,),
+        div2k_val_range: Sequence[int] = (801, 810),
+        updates_per_epoch: int = 1000,
+        augment: bool = True,
+        cache_dir: str | None = None,
+        pin_memory: bool = True,
+        persistent_workers: bool = True,
+        seed: int = 0,
+    ):
+        super().__init__()
+        self.root = str(root)
+        self.scales = [int(s) for s in scales]
+        self.patch_size = patch_size
+        self.batch_size = batch_size
+        self.num_workers = num_workers
+        self.benchmarks = list(benchmarks)
+        self.train_set = train_set
+        self.train_range = tuple(train_range)
+        self.val_sets = list(val_sets)
+        self.div2k_val_range = tuple(div2k_val_range)
+        self.updates_per_epoch = updates_per_epoch
+        self.augment = augment
+        self.cache_dir = Path(cache_dir).expanduser() if cache_dir else None
+        self.pin_memory = pin_memory
+        self.persistent_workers = persistent_workers
+        self.seed = seed
+        self.validate()
+        self.train_data: PatchBatches | None = None
+        self.val_data: list[EvalDataset] = []
+        self.test_data: list[EvalDataset] = []
+
+    def validate(self) -> None:
+        """Refuse bad values before anything is loaded, naming the key."""
+        checks = {
+            "data.patch_size": self.patch_size,
+            "data.batch_size": self.batch_size,
+            "data.updates_per_epoch": self.updates_per_epoch,
+        }
+        for key, value in checks.items():
+            if not isinstance(value, int) or value <= 0:
+                raise ValueError(f"{key}={value!r} must be a positive integer")
+        if not self.scales or any(s not in SCALES_EDSR for s in self.scales):
+            raise ValueError(f"data.scales={self.scales}: allowed values are {list(SCALES_EDSR)}")
+        if self.num_workers < 0:
+            raise ValueError(f"data.num_workers={self.num_workers} must be >= 0")
+
+    # ---- training -------------------------------------------------------------------------
+    def train_pairs(self, scale: int) -> list[Pair]:
+        if self.train_set == DIV2K_VAL:
+            return div2k_pairs(self.root, scale, *self.train_range)
+        return resolve_pairs(self.root, self.train_set, scale, self.cache_dir, split="train")
+
+    def load_train_images(self) -> dict[int, list[tuple[torch.Tensor, torch.Tensor]]]:
+        """(LR, HR) uint8 RGB memory maps per scale, checked to fit a patch."""
+        images: dict[int, list[tuple[torch.Tensor, torch.Tensor]]] = {}
+        for scale in self.scales:
+            images[scale] = []
+            for pair in self.train_pairs(scale):
+                lr, hr = aligned_pair(pair, scale, self.cache_dir)
+                if min(lr.shape[-2:]) < self.patch_size:
+                    raise ImageError(
+                        f"{pair.lr or pair.hr}: LR size {tuple(lr.shape[-2:])} at x{scale} is "
+                        f"smaller than data.patch_size={self.patch_size}"
+                    )
+                rgb = (lr.expand(3, -1, -1), hr.expand(3, -1, -1))  # gray trains as RGB
+                images[scale].append(rgb)
+        return images
+
+    def prepare_data(self) -> None:
+        """Decode every training image once into the cache (local rank 0 only)."""
+        self.load_train_images()
+
+    def setup(self, stage: str | None = None) -> None:
+        rank, world = self._rank_world()
+        if stage in ("fit", None):
+            self.train_data = PatchBatches(
+                self.load_train_images(),
+                self.patch_size,
+                self.batch_size,
+                self.updates_per_epoch,
+                self.augment,
+                self.seed,
+                rank,
+                world,
+            )
+        if stage in ("fit", "validate", None):
+            self.val_data = self._eval_sets(self.val_sets, split="val")
+        if stage in ("test", None):
+            self.test_data = self._eval_sets(self.benchmarks, split="val")
+
+    def _eval_sets(self, names: Sequence[str], split: str) -> list[EvalDataset]:
+        sets = []
+        for name in names:
+            for scale in self.scales:
+                pairs = resolve_pairs(
+                    self.root, name, scale, self.cache_dir, self.div2k_val_range, split
+                )
+                label = "sample" if name == SAMPLE else Path(name).name
+                sets.append(EvalDataset(label, pairs, scale, self.cache_dir))
+        return sets
+
+    def _rank_world(self) -> tuple[int, int]:
+        if self.trainer is not None:
+            return self.trainer.global_rank, self.trainer.world_size
+        if dist.is_available() and dist.is_initialized():
+            return dist.get_rank(), dist.get_world_size()
+        return 0, 1
+
+    def train_dataloader(self) -> DataLoader:
+        assert self.train_data is not None, "call setup('fit') first"
+        workers = self.num_workers
+        # same on all ranks; a run resumed at epoch e does not replay the patches of epoch 0
+        epoch = self.trainer.current_epoch if self.trainer is not None else 0
+        return DataLoader(
+            self.train_data,
+            batch_size=None,  # the dataset yields whole single-scale batches
+            num_workers=workers,
+            pin_memory=self.pin_memory and torch.cuda.is_available(),
+            persistent_workers=self.persistent_workers and workers > 0,
+            prefetch_factor=4 if workers > 0 else None,
+            generator=torch.Generator().manual_seed(derive_seed(self.seed, epoch)),
+        )
+
+    def _eval_loaders(self, sets: list[EvalDataset]) -> list[DataLoader]:
+        rank, world = self._rank_world()
+        return [
+            DataLoader(
+                ds,
+                batch_size=1,  # whole images of different sizes
+                sampler=UnpaddedDistributedSampler(ds, world, rank) if world > 1 else None,
+                num_workers=min(self.num_workers, 1),
+            )
+            for ds in sets
+        ]
+
+    def val_dataloader(self) -> list[DataLoader]:
+        return self._eval_loaders(self.val_data)
+
+    def test_dataloader(self) -> list[DataLoader]:
+        return self._eval_loaders(self.test_data)

@@ -1,0 +1,115 @@
+"""Training patches (paper Sec. 4.1): random aligned LR/HR crops, 8 dihedral augmentations,
+one scale per batch (MDSR, Sec. 3.3), built as whole uint8 batches inside the loader workers.
+
+Why an IterableDataset of whole batches: every batch must hold one scale, and under DDP every
+rank must train the same scale at the same step (otherwise the scale-specific modules of MDSR get
+gradients averaged with zeros). The scale of batch ``k`` of an epoch is drawn from a generator
+seeded by (epoch seed, k) only, so all ranks agree without communication; patch positions are
+drawn from (epoch seed, k, rank). The loader's ``generator`` (seeded identically on all ranks)
+provides the epoch seed; a per-worker counter advances it for persistent workers.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterator, Sequence
+
+import torch
+from torch.utils.data import IterableDataset, get_worker_info
+
+from ..inference import dihedral
+
+
+def derive_seed(*parts: int) -> int:
+    """A 56-bit seed from integers, well mixed (for independent per-batch generators)."""
+    return int.from_bytes(hashlib.blake2b(repr(parts).encode(), digest_size=7).digest(), "big")
+
+
+def random_crop_pair(
+    lr: torch.Tensor, hr: torch.Tensor, patch: int, scale: int, gen: torch.Generator
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Aligned crops: LR ``patch`` x ``patch`` at (y, x), HR ``patch * scale`` at (y*s, x*s)."""
+    h, w = lr.shape[-2:]
+    y = int(torch.randint(0, h - patch + 1, (1,), generator=gen))
+    x = int(torch.randint(0, w - patch + 1, (1,), generator=gen))
+    hp = patch * scale
+    return (
+        lr[..., y : y + patch, x : x + patch],
+        hr[..., y * scale : y * scale + hp, x * scale : x * scale + hp],
+    )
+
+
+class PatchBatches(IterableDataset):
+    """Yields ``updates_per_epoch`` batches ``{"lr", "hr", "scale"}`` of uint8 patches per epoch.
+
+    ``images[s]`` is the list of (LR, HR) uint8 (3, h, w) tensors (memory maps) at scale ``s``.
+    Every image is visited equally often: patch sources follow random permutations of the
+    image list, split between ranks, as the reference code's ``repeat``.
+    """
+
+    def __init__(
+        self,
+        images: dict[int, Sequence[tuple[torch.Tensor, torch.Tensor]]],
+        patch_size: int,
+        batch_size: int,
+        updates_per_epoch: int,
+        augment: bool = True,
+        seed: int = 0,
+        rank: int = 0,
+        world_size: int = 1,
+    ):
+        self.images = images
+        self.scales = sorted(images)
+        self.n_images = len(images[self.scales[0]])
+        self.patch_size = patch_size
+        self.batch_size = batch_size
+        self.updates_per_epoch = updates_per_epoch
+        self.augment = augment
+        self.seed = seed
+        self.rank = rank
+        self.world_size = world_size
+        self._epochs_started = 0  # per process: counts epochs in persistent workers
+
+    def __len__(self) -> int:
+        return self.updates_per_epoch
+
+    def _epoch_seed(self) -> int:
+        info = get_worker_info()
+        base = self.seed if info is None else info.seed - info.id
+        self._epochs_started += 1
+        return derive_seed(base, self._epochs_started)
+
+    def batch_scale(self, epoch_seed: int, k: int) -> int:
+        """Scale of batch ``k``: the same on every rank and worker for a given epoch seed."""
+        gen = torch.Generator().manual_seed(derive_seed(epoch_seed, k))
+        return self.scales[int(torch.randint(len(self.scales), (1,), generator=gen))]
+
+    def image_order(self, epoch_seed: int) -> torch.Tensor:
+        """Source image of every patch of the epoch, all ranks together (shared permutations)."""
+        gen = torch.Generator().manual_seed(epoch_seed)
+        need = self.updates_per_epoch * self.batch_size * self.world_size
+        n_perm = -(-need // self.n_images)
+        return torch.cat([torch.randperm(self.n_images, generator=gen) for _ in range(n_perm)])
+
+    def make_batch(self, epoch_seed: int, k: int, order: torch.Tensor) -> dict:
+        scale = self.batch_scale(epoch_seed, k)
+        gen = torch.Generator().manual_seed(derive_seed(epoch_seed, k, self.rank))
+        start = (k * self.world_size + self.rank) * self.batch_size
+        lrs, hrs = [], []
+        for i in order[start : start + self.batch_size].tolist():
+            lr, hr = random_crop_pair(*self.images[scale][i], self.patch_size, scale, gen)
+            if self.augment:
+                t = int(torch.randint(8, (1,), generator=gen))
+                lr, hr = dihedral(lr, t), dihedral(hr, t)
+            lrs.append(lr)
+            hrs.append(hr)
+        return {"lr": torch.stack(lrs), "hr": torch.stack(hrs), "scale": scale}
+
+    def __iter__(self) -> Iterator[dict]:
+        epoch_seed = self._epoch_seed()
+        order = self.image_order(epoch_seed)
+        info = get_worker_info()
+        worker, n_workers = (0, 1) if info is None else (info.id, info.num_workers)
+        # the DataLoader takes batches round-robin from its workers: worker w makes k = w mod n
+        for k in range(worker, self.updates_per_epoch, n_workers):
+            yield self.make_batch(epoch_seed, k, order)
