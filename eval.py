@@ -7,13 +7,12 @@ import hydra
 from omegaconf import DictConfig
 
 os.environ.setdefault("PROJECT_ROOT", str(Path(__file__).resolve().parent))
+import sr_lightning.cli  # noqa: E402  (registers the config resolvers)
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="eval")
 def main(cfg: DictConfig) -> None:
-    from sr_lightning.cli import run_eval
-
-    run_eval(cfg)
+    sr_lightning.cli.run_eval(cfg)
 
 
 if __name__ == "__main__":

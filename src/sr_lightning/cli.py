@@ -3,15 +3,46 @@
 from __future__ import annotations
 
 import logging
+import netrc
+import os
+from pathlib import Path
 
 import hydra
+import torch
 from hydra.core.hydra_config import HydraConfig
-from omegaconf import DictConfig
+from hydra.types import RunMode
+from omegaconf import DictConfig, OmegaConf, open_dict
 
 from .checkpoint import load_weights
-from .evaluate import evaluate, format_table, write_results
+from .evaluate import check_scales, evaluate, format_table, write_results
 
 log = logging.getLogger(__name__)
+
+# keys of the `model` group that configure the LightningModule, not the network
+MODULE_OPTIONS = ("init_from", "compile", "channels_last", "self_ensemble", "val_tile")
+
+
+def auto_precision() -> str:
+    """bf16-mixed where a GPU runs it natively, fp32 elsewhere (CPU bf16 is 4-8x slower here)."""
+    return "bf16-mixed" if torch.cuda.is_available() else "32-true"
+
+
+def wandb_mode() -> str:
+    """W&B mode: $WANDB_MODE if set; online with an API key (env or ~/.netrc); else offline."""
+    if os.environ.get("WANDB_MODE"):
+        return os.environ["WANDB_MODE"]
+    if os.environ.get("WANDB_API_KEY"):
+        return "online"
+    try:
+        if netrc.netrc().authenticators("api.wandb.ai"):
+            return "online"
+    except (OSError, netrc.NetrcParseError):
+        pass
+    return "offline"
+
+
+OmegaConf.register_new_resolver("sr_auto_precision", auto_precision, replace=True)
+OmegaConf.register_new_resolver("sr_wandb_mode", wandb_mode, replace=True)
 
 
 def model_name(cfg: DictConfig) -> str:
@@ -21,9 +52,15 @@ def model_name(cfg: DictConfig) -> str:
     return cfg.model._target_.rsplit(".", 1)[-1].lower()
 
 
+def build_net(model_cfg: DictConfig) -> torch.nn.Module:
+    """The network of a ``model`` config (its module options left out)."""
+    net_cfg = {k: v for k, v in model_cfg.items() if k not in MODULE_OPTIONS}
+    return hydra.utils.instantiate(OmegaConf.create(net_cfg))
+
+
 def run_eval(cfg: DictConfig) -> list[dict]:
     """``eval.py``: build the model, load ``ckpt_path``, score, print the table, write JSON."""
-    model = hydra.utils.instantiate(cfg.model)
+    model = build_net(cfg.model)
     if cfg.ckpt_path:
         load_weights(model, cfg.ckpt_path)
         log.info("loaded %s", cfg.ckpt_path)
@@ -44,3 +81,140 @@ def run_eval(cfg: DictConfig) -> list[dict]:
     path = write_results(rows, cfg.results_path)
     print(f"results written to {path}")
     return rows
+
+
+def validate_train_config(cfg: DictConfig) -> None:
+    """Checks that need the whole config; each error names the key."""
+    glob = cfg.data.get("global_batch_size")
+    if glob is not None:
+        devices = cfg.trainer.devices
+        if not isinstance(devices, int):
+            devices = len(devices) if not isinstance(devices, str) else 1
+        world = devices * cfg.trainer.get("num_nodes", 1)
+        if glob % world:
+            raise ValueError(
+                f"data.global_batch_size={glob} is not divisible by trainer.devices x "
+                f"trainer.num_nodes = {world}"
+            )
+        with open_dict(cfg):
+            cfg.data.batch_size = glob // world
+    with open_dict(cfg):
+        cfg.data.pop("global_batch_size", None)
+
+
+def resolve_ckpt_path(cfg: DictConfig) -> str | None:
+    """``ckpt_path=last``: the newest checkpoint in this run folder's ``checkpoints/`` (the
+    epoch-end ``last.ckpt`` or the every-N-steps ``step*.ckpt``)."""
+    if cfg.ckpt_path != "last":
+        return cfg.ckpt_path
+    folder = Path(cfg.paths.output_dir) / "checkpoints"
+    found = sorted(folder.glob("*.ckpt"), key=lambda p: p.stat().st_mtime)
+    if not found:
+        raise FileNotFoundError(
+            f"ckpt_path=last: no checkpoint in {folder}. To resume a run, start it in its own "
+            "folder: python train.py hydra.run.dir=<that run's folder> ckpt_path=last"
+        )
+    return str(found[-1])
+
+
+def _strategy_for_hydra(cfg: DictConfig) -> None:
+    """Under ``-m``, run DDP as ``ddp_spawn``: Lightning's ``ddp`` launcher re-runs sys.argv
+    in each child, so every rank would start the whole sweep again (see README)."""
+    if not HydraConfig.initialized() or HydraConfig.get().mode != RunMode.MULTIRUN:
+        return
+    if cfg.trainer.get("strategy") in ("ddp", "ddp_find_unused_parameters_true"):
+        spawn = (
+            "ddp_spawn"
+            if cfg.trainer.strategy == "ddp"
+            else "ddp_spawn_find_unused_parameters_true"
+        )
+        log.info("multirun: trainer.strategy=%s runs as %s", cfg.trainer.strategy, spawn)
+        with open_dict(cfg):
+            cfg.trainer.strategy = spawn
+
+
+def rows_from_test(metrics: dict, model: str, ensemble: bool) -> list[dict]:
+    """Result rows (``eval.py``'s JSON format) from ``test/<Set>/x<s>/<metric>`` values."""
+    rows = []
+    for key in metrics:
+        parts = key.split("/")
+        if len(parts) != 4 or parts[0] != "test" or parts[3] != "psnr":
+            continue
+        prefix = key[: -len("psnr")]
+        rows.append(
+            {
+                "dataset": parts[1],
+                "scale": int(parts[2][1:]),
+                "psnr": round(float(metrics[key]), 4),
+                "ssim": round(float(metrics[prefix + "ssim"]), 5),
+                "model": model,
+                "self_ensemble": ensemble,
+                "n_images": int(metrics[prefix + "n_images"]),
+            }
+        )
+    return rows
+
+
+def test_and_report(trainer, module, datamodule, cfg: DictConfig) -> dict:
+    """Test the best checkpoint on the benchmarks; print and save it next to bicubic."""
+    from .models import Bicubic
+
+    best = trainer.checkpoint_callback and trainer.checkpoint_callback.best_model_path
+    tested = trainer.test(
+        module, datamodule=datamodule, ckpt_path="best" if best else None, verbose=False
+    )[0]
+    if trainer.is_global_zero:
+        rows = rows_from_test(tested, model_name(cfg), module.hparams.self_ensemble)
+        rows += evaluate(
+            Bicubic(datamodule.scales),
+            datamodule.root,
+            datamodule.benchmarks,
+            datamodule.scales,
+            model_name="bicubic",
+            cache_dir=datamodule.cache_dir,
+            div2k_range=datamodule.div2k_val_range,
+        )
+        print(format_table(rows))
+        path = write_results(rows, Path(cfg.paths.output_dir) / "results.json")
+        print(f"results written to {path}")
+    return tested
+
+
+def run_train(cfg: DictConfig) -> dict:
+    """``train.py``: fit, then test the best checkpoint next to bicubic; returns the metrics."""
+    import lightning as L
+
+    from .lit_module import SRLitModule
+
+    validate_train_config(cfg)
+    _strategy_for_hydra(cfg)
+    L.seed_everything(cfg.seed, workers=True)
+    datamodule = hydra.utils.instantiate(cfg.data)
+    net = build_net(cfg.model)
+    check_scales(net, datamodule.scales)
+    # plain containers: checkpoints must load with weights_only=True
+    options = {k: cfg.model[k] for k in MODULE_OPTIONS if k in cfg.model}
+    module = SRLitModule(net, **OmegaConf.to_container(cfg.optim, resolve=True), **options)
+    callbacks = [hydra.utils.instantiate(c) for c in (cfg.get("callbacks") or {}).values()]
+    loggers = [hydra.utils.instantiate(c) for c in (cfg.get("logger") or {}).values()]
+    trainer: L.Trainer = hydra.utils.instantiate(
+        cfg.trainer, callbacks=callbacks, logger=loggers or False
+    )
+    out = Path(cfg.paths.output_dir)
+    if trainer.is_global_zero:
+        (out / "checkpoints").mkdir(parents=True, exist_ok=True)
+        OmegaConf.save(cfg, out / "checkpoints" / "config.yaml", resolve=True)
+    for logger in trainer.loggers:  # the whole resolved config (rank zero inside)
+        logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
+    try:
+        trainer.fit(module, datamodule=datamodule, ckpt_path=resolve_ckpt_path(cfg))
+        metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
+        if cfg.test_after_fit and datamodule.benchmarks:
+            metrics.update(test_and_report(trainer, module, datamodule, cfg))
+        return metrics
+    finally:
+        if trainer.is_global_zero:
+            import wandb
+
+            if wandb.run is not None:
+                wandb.finish()

@@ -1,0 +1,190 @@
+"""train.py end to end (tiny models, a few steps, CPU): Hydra, DDP, resume, W&B, init_from."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+
+pytestmark = pytest.mark.slow
+
+
+def tiny_args(cache_dir: Path) -> list[str]:
+    return [
+        "experiment=quickstart",
+        "model.n_resblocks=1",
+        "model.n_feats=8",
+        "data.patch_size=12",
+        "data.batch_size=2",
+        "data.num_workers=0",
+        "data.updates_per_epoch=3",
+        "trainer.max_epochs=2",
+        "trainer.log_every_n_steps=1",
+        "callbacks.step_checkpoint.every_n_train_steps=2",
+        "~callbacks.progress_bar",
+        f"data.cache_dir={cache_dir}",
+    ]
+
+
+def train(args: list[str], env: dict | None = None, timeout: int = 300, check: bool = True):
+    full_env = {**os.environ, "WANDB_MODE": "disabled", **(env or {})}
+    full_env = {k: v for k, v in full_env.items() if v is not None}  # None: unset
+    proc = subprocess.run(
+        [sys.executable, str(REPO / "train.py"), *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=full_env,
+        cwd=REPO,
+    )
+    if check:
+        assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
+    return proc
+
+
+@pytest.fixture(scope="module")
+def sample_cache(tmp_path_factory) -> Path:
+    pytest.importorskip("skimage", reason="data=sample needs scikit-image (the [sample] extra)")
+    return tmp_path_factory.mktemp("cache")
+
+
+def ckpt_step(path: Path) -> int:
+    return torch.load(path, map_location="cpu", weights_only=True)["global_step"]
+
+
+def test_train_end_to_end_writes_results_and_checkpoints(tmp_path, sample_cache):
+    run = tmp_path / "run"
+    proc = train([*tiny_args(sample_cache), f"hydra.run.dir={run}", "optim.loss=l2"])
+    rows = json.loads((run / "results.json").read_text())
+    assert {r["model"] for r in rows} == {"edsr_baseline", "bicubic"}
+    assert all(r["dataset"] == "sample" and r["scale"] == 2 and r["n_images"] == 2 for r in rows)
+    assert "| sample | x2 |" in proc.stdout
+    ckpts = {p.name for p in (run / "checkpoints").glob("*.ckpt")}
+    assert "last.ckpt" in ckpts and any(n.startswith("best-") for n in ckpts)
+    assert ckpt_step(run / "checkpoints" / "last.ckpt") == 6
+    assert (run / "checkpoints" / "config.yaml").is_file()
+    assert (run / "csv" / "metrics.csv").read_text().count("val/sample/x2/psnr") == 1
+
+
+def test_resume_from_last_continues_at_the_right_step(tmp_path, sample_cache):
+    run = tmp_path / "run"
+    train([*tiny_args(sample_cache), f"hydra.run.dir={run}", "trainer.max_epochs=1"])
+    assert ckpt_step(run / "checkpoints" / "last.ckpt") == 3
+    ckpt = torch.load(run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
+    assert ckpt["lr_schedulers"][0]["last_epoch"] == 3  # step-wise LR schedule state saved
+    train([*tiny_args(sample_cache), f"hydra.run.dir={run}", "ckpt_path=last"])
+    assert ckpt_step(run / "checkpoints" / "last.ckpt") == 6
+    steps = [
+        line.split(",")
+        for line in (run / "csv" / "metrics.csv").read_text().splitlines()
+        if "train/loss" not in line
+    ]
+    assert steps  # the CSV logger appended the resumed run
+
+
+def test_ddp_cpu_single_run(tmp_path, sample_cache):
+    run = tmp_path / "run"
+    train([*tiny_args(sample_cache), f"hydra.run.dir={run}", "trainer=ddp_cpu"])
+    assert (run / "checkpoints" / "last.ckpt").is_file()
+    rows = json.loads((run / "results.json").read_text())
+    assert rows[0]["n_images"] == 2  # each image scored once across the 2 ranks
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["run"]
+
+
+def test_ddp_cpu_multirun_one_folder_per_job(tmp_path, sample_cache):
+    sweep = tmp_path / "sweep"
+    train(
+        [
+            "-m",
+            *tiny_args(sample_cache),
+            "trainer=ddp_cpu",
+            "trainer.max_epochs=1",
+            "model.res_scale=1.0,0.5",
+            f"hydra.sweep.dir={sweep}",
+        ],
+        timeout=600,
+    )
+    jobs = sorted(p.name for p in sweep.iterdir() if p.is_dir())
+    assert jobs == ["0", "1"]
+    for job in jobs:
+        assert (sweep / job / "checkpoints" / "last.ckpt").is_file()
+        cfg = (sweep / job / "checkpoints" / "config.yaml").read_text()
+        assert "strategy: ddp_spawn" in cfg
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["sweep"]  # no second sweep folder
+
+
+def test_bf16_mixed_runs_on_cpu(tmp_path, sample_cache):
+    run = tmp_path / "run"
+    train(
+        [
+            *tiny_args(sample_cache),
+            f"hydra.run.dir={run}",
+            "trainer.precision=bf16-mixed",
+            "trainer.max_epochs=1",
+        ]
+    )
+    assert (run / "results.json").is_file()
+
+
+def test_wandb_offline_without_network(tmp_path, sample_cache):
+    run = tmp_path / "run"
+    env = {"HOME": str(tmp_path), "WANDB_MODE": None, "WANDB_API_KEY": None}
+    train(
+        [*tiny_args(sample_cache), f"hydra.run.dir={run}", "logger=wandb", "trainer.max_epochs=1"],
+        env=env,
+    )
+    runs = list((run / "wandb").glob("offline-run-*"))
+    assert len(runs) == 1 and list(runs[0].glob("run-*.wandb"))
+    assert len(list(runs[0].rglob("files/media/images/**/panel*.png"))) == 2  # val panels
+
+
+def test_mdsr_trains_on_mixed_scales(tmp_path, sample_cache):
+    run = tmp_path / "run"
+    train(
+        [
+            *tiny_args(sample_cache),
+            f"hydra.run.dir={run}",
+            "model=mdsr_baseline",
+            "model.n_resblocks=1",
+            "model.n_feats=8",
+            "data.scales=[2,3]",
+            "data.updates_per_epoch=6",
+            "trainer.max_epochs=1",
+        ]
+    )
+    rows = json.loads((run / "results.json").read_text())
+    assert sorted((r["model"], r["scale"]) for r in rows) == [
+        ("bicubic", 2),
+        ("bicubic", 3),
+        ("mdsr_baseline", 2),
+        ("mdsr_baseline", 3),
+    ]
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        (["model=edsr_large"], "Could not find 'model/edsr_large'"),
+        (["model=mdsr_baseline", "data.scales=[2,8]"], "MDSR scale=8 is not supported"),
+        (["data.patch_size=0"], "data.patch_size=0 must be a positive integer"),
+        (
+            ["+data.global_batch_size=5", "trainer=ddp_cpu"],
+            "data.global_batch_size=5 is not divisible",
+        ),
+        (["model.norm=layer"], "model.norm='layer' is not supported"),
+    ],
+)
+def test_bad_config_fails_before_training(tmp_path, sample_cache, override, message):
+    proc = train(
+        [*tiny_args(sample_cache), f"hydra.run.dir={tmp_path / 'run'}", *override], check=False
+    )
+    assert proc.returncode != 0
+    assert message in proc.stderr + proc.stdout
+    assert not (tmp_path / "run" / "checkpoints" / "last.ckpt").exists()
