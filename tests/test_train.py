@@ -89,13 +89,33 @@ def test_resume_from_last_continues_at_the_right_step(tmp_path, sample_cache):
     assert steps  # the CSV logger appended the resumed run
 
 
-def test_ddp_cpu_single_run(tmp_path, sample_cache):
+def test_ddp_cpu_single_run_scores_each_image_once(tmp_path, sample_cache):
+    """2 gloo ranks, a 3-image test set (a padding sampler would score one image twice):
+    the DDP numbers equal a single-process evaluation of the same checkpoint."""
+    from PIL import Image
+
+    from sr_lightning.checkpoint import load_weights
+    from sr_lightning.data.sample import sample_dir
+    from sr_lightning.evaluate import evaluate
+    from sr_lightning.models import EDSR
+
+    three = tmp_path / "three"
+    three.mkdir()
+    for i, src in enumerate(sorted((sample_dir(sample_cache) / "train").glob("*.png"))[:3]):
+        Image.open(src).crop((0, 0, 96 + 24 * i, 72)).save(three / f"{i}.png")
     run = tmp_path / "run"
-    train([*tiny_args(sample_cache), f"hydra.run.dir={run}", "trainer=ddp_cpu"])
+    args = [*tiny_args(sample_cache), f"hydra.run.dir={run}", "trainer=ddp_cpu"]
+    train([*args, f"data.benchmarks=[{three}]"])
     assert (run / "checkpoints" / "last.ckpt").is_file()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["run", "three"]
     rows = json.loads((run / "results.json").read_text())
-    assert rows[0]["n_images"] == 2  # each image scored once across the 2 ranks
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["run"]
+    ddp = next(r for r in rows if r["model"] == "edsr_baseline")
+    assert ddp["n_images"] == 3
+    best = next((run / "checkpoints").glob("best-*.ckpt"))
+    net = load_weights(EDSR(scale=2, n_resblocks=1, n_feats=8), best)
+    single = evaluate(net, tmp_path, [str(three)], [2], model_name="m", cache_dir=sample_cache)
+    assert ddp["psnr"] == pytest.approx(single[0]["psnr"], abs=1e-3)
+    assert ddp["ssim"] == pytest.approx(single[0]["ssim"], abs=1e-4)
 
 
 def test_ddp_cpu_multirun_one_folder_per_job(tmp_path, sample_cache):

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import netrc
 import os
+import time
 from pathlib import Path
 
 import hydra
@@ -13,6 +15,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf, open_dict
 
+from .callbacks import DivergenceError
 from .checkpoint import load_weights
 from .evaluate import check_scales, evaluate, format_table, write_results
 
@@ -206,15 +209,45 @@ def run_train(cfg: DictConfig) -> dict:
         OmegaConf.save(cfg, out / "checkpoints" / "config.yaml", resolve=True)
     for logger in trainer.loggers:  # the whole resolved config (rank zero inside)
         logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
+    start, status, error, metrics = time.time(), "failed", None, {}
     try:
         trainer.fit(module, datamodule=datamodule, ckpt_path=resolve_ckpt_path(cfg))
         metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
         if cfg.test_after_fit and datamodule.benchmarks:
             metrics.update(test_and_report(trainer, module, datamodule, cfg))
+        status = "completed"
         return metrics
+    except DivergenceError as e:  # a result, not a crash: a sweep's other jobs go on
+        status, error = "diverged", str(e)
+        log.error("run diverged: %s", e)
+        return {"val/psnr": float("nan")}
+    except BaseException as e:
+        error = f"{type(e).__name__}: {e}"
+        raise
     finally:
         if trainer.is_global_zero:
+            write_summary(cfg, trainer, module, status, error, time.time() - start)
             import wandb
 
             if wandb.run is not None:
                 wandb.finish()
+
+
+def write_summary(cfg: DictConfig, trainer, module, status: str, error, wall: float) -> None:
+    """``<run_dir>/summary.json``: what ``sr_lightning.report`` tabulates for each job."""
+    from .callbacks import MetricHistory
+    from .models import count_trainable
+
+    history = next((c for c in trainer.callbacks if isinstance(c, MetricHistory)), None)
+    summary = {
+        "model": model_name(cfg),
+        "params": count_trainable(module.net),
+        "steps": trainer.global_step,
+        "wall_time_s": round(wall, 2),
+        "status": status,
+        "error": error,
+        "best": history.best if history else {},
+        "final": history.final if history else {},
+    }
+    path = Path(cfg.paths.output_dir) / "summary.json"
+    path.write_text(json.dumps(summary, indent=2, allow_nan=True) + "\n")
