@@ -6,13 +6,13 @@ PY := $(VENV)/bin/python
 TORCH ?= torch==2.13.0
 DATA ?= ../shared/datasets
 
-.PHONY: install test lint format eval-bicubic bench-data train clean
+.PHONY: install test lint format eval-bicubic bench-data train report clean
 
 install:
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --upgrade pip
 	$(PY) -m pip install "$(TORCH)"
-	$(PY) -m pip install -e ".[dev,sample]"
+	$(PY) -m pip install -e ".[dev,sample,sweep]"
 
 test:
 	$(PY) -m pytest -q
@@ -28,6 +28,10 @@ format:
 # Quickstart: a small EDSR on the embedded sample photos, a few minutes on 2 CPU cores.
 train:
 	$(PY) train.py experiment=quickstart
+
+# Tables and plots of a Hydra multirun: make report SWEEP=outputs/<task>/multiruns/<id>
+report:
+	$(PY) -m sr_lightning.report $(SWEEP)
 
 # The paper's bicubic rows, reproduced on the four benchmarks.
 eval-bicubic:

@@ -120,10 +120,35 @@ def resolve_ckpt_path(cfg: DictConfig) -> str | None:
     return str(found[-1])
 
 
+SWEEP_PREFIX = "sweep:x"
+
+
+def find_sweep_checkpoint(output_dir: Path, scale: int) -> str:
+    """``model.init_from=sweep:x2``: the best checkpoint of the completed x2 job of this sweep."""
+    candidates = []
+    for job in sorted(Path(output_dir).parent.iterdir()):
+        summary, config = job / "summary.json", job / "checkpoints" / "config.yaml"
+        if job == Path(output_dir) or not summary.is_file() or not config.is_file():
+            continue
+        done = json.loads(summary.read_text())["status"] == "completed"
+        if done and list(OmegaConf.load(config).data.scales) == [scale]:
+            candidates += sorted((job / "checkpoints").glob("best-*.ckpt"))
+    if not candidates:
+        raise FileNotFoundError(
+            f"model.init_from=sweep:x{scale}: no completed x{scale} job with a best checkpoint "
+            f"in {Path(output_dir).parent}; run the x{scale} stage first in the same sweep"
+        )
+    return str(candidates[-1])
+
+
 def _strategy_for_hydra(cfg: DictConfig) -> None:
     """Under ``-m``, run DDP as ``ddp_spawn``: Lightning's ``ddp`` launcher re-runs sys.argv
     in each child, so every rank would start the whole sweep again (see README)."""
+    from lightning.fabric.plugins.environments import SLURMEnvironment
+
     if not HydraConfig.initialized() or HydraConfig.get().mode != RunMode.MULTIRUN:
+        return
+    if SLURMEnvironment.detect():  # srun started one process per rank: keep ddp
         return
     if cfg.trainer.get("strategy") in ("ddp", "ddp_find_unused_parameters_true"):
         spawn = (
@@ -191,6 +216,11 @@ def run_train(cfg: DictConfig) -> dict:
 
     validate_train_config(cfg)
     _strategy_for_hydra(cfg)
+    init_from = str(cfg.model.get("init_from") or "")
+    if init_from.startswith(SWEEP_PREFIX):
+        with open_dict(cfg):
+            scale = int(init_from[len(SWEEP_PREFIX) :])
+            cfg.model.init_from = find_sweep_checkpoint(Path(cfg.paths.output_dir), scale)
     L.seed_everything(cfg.seed, workers=True)
     datamodule = hydra.utils.instantiate(cfg.data)
     net = build_net(cfg.model)
@@ -198,8 +228,9 @@ def run_train(cfg: DictConfig) -> dict:
     # plain containers: checkpoints must load with weights_only=True
     options = {k: cfg.model[k] for k in MODULE_OPTIONS if k in cfg.model}
     module = SRLitModule(net, **OmegaConf.to_container(cfg.optim, resolve=True), **options)
-    callbacks = [hydra.utils.instantiate(c) for c in (cfg.get("callbacks") or {}).values()]
-    loggers = [hydra.utils.instantiate(c) for c in (cfg.get("logger") or {}).values()]
+    # named entries; one set to null (callbacks.progress_bar=null) is switched off
+    callbacks = [hydra.utils.instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c]
+    loggers = [hydra.utils.instantiate(c) for c in (cfg.get("logger") or {}).values() if c]
     trainer: L.Trainer = hydra.utils.instantiate(
         cfg.trainer, callbacks=callbacks, logger=loggers or False
     )
