@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 TORCH ?= torch==2.13.0
 DATA ?= ../shared/datasets
 
-.PHONY: install test lint format eval-bicubic bench-data train report clean
+.PHONY: install test lint format eval-bicubic bench-data bench-infer train report clean
 
 install:
 	$(PYTHON) -m venv $(VENV)
@@ -41,6 +41,10 @@ eval-bicubic:
 # Data-loader patches/s (batch 16, 48x48 LR, x2) with 0, 1 and 2 workers.
 bench-data:
 	$(PY) bench/data.py --root $(DATA)
+
+# Inference ms per output megapixel (EDSR-baseline, EDSR; x2, x4; fp32; tiled and not).
+bench-infer:
+	$(PY) bench/infer.py
 
 clean:
 	rm -rf .pytest_cache .ruff_cache src/*.egg-info

@@ -54,3 +54,44 @@ def load_weights(model: nn.Module, path: str | Path) -> nn.Module:
         )
     model.load_state_dict(state, strict=True)
     return model
+
+
+def _count(state: dict, prefix: str) -> int:
+    """Number of residual blocks ``<prefix>.{i}.body.0.weight``."""
+    i = 0
+    while f"{prefix}.{i}.body.0.weight" in state:
+        i += 1
+    return i
+
+
+def _upsampler_scale(state: dict, prefix: str, n_feats: int) -> int:
+    convs = [k for k in state if k.startswith(prefix) and k.endswith(".weight")]
+    if len(convs) == 1 and state[convs[0]].shape[0] == 9 * n_feats:
+        return 3
+    return 2 ** len(convs)
+
+
+def model_from_state_dict(state: dict[str, torch.Tensor]) -> nn.Module:
+    """Build the EDSR or MDSR that ``state`` belongs to, from its key names and shapes.
+
+    ``res_scale`` is not stored in a checkpoint: 0.1 is assumed for 256-feature models (the
+    paper's EDSR) and 1.0 otherwise; it does not matter for inference with trained weights
+    only if it matches training, so pass the config when it differs.
+    """
+    from .models import EDSR, MDSR
+
+    if "head.0.weight" not in state:
+        raise ValueError("not an EDSR/MDSR state_dict: no 'head.0.weight'")
+    n_feats = state["head.0.weight"].shape[0]
+    n_resblocks = _count(state, "body")
+    norm = "batch" if any(k.endswith("running_mean") for k in state) else "none"
+    res_scale = 0.1 if n_feats == 256 else 1.0
+    if "pre_process.0.0.body.0.weight" in state:
+        n_scales = len({k.split(".")[1] for k in state if k.startswith("upsample.")})
+        scales = [_upsampler_scale(state, f"upsample.{i}.", n_feats) for i in range(n_scales)]
+        model = MDSR(scales, n_resblocks, n_feats, res_scale, norm=norm)
+    else:
+        scale = _upsampler_scale(state, "tail.0.", n_feats)
+        model = EDSR(scale, n_resblocks, n_feats, res_scale, norm=norm)
+    model.load_state_dict(state, strict=True)
+    return model

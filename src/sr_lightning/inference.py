@@ -40,21 +40,31 @@ def self_ensemble(forward: Forward, x: torch.Tensor) -> torch.Tensor:
 
 
 def tiled_forward(
-    forward: Forward, x: torch.Tensor, scale: int, tile: int = 0, overlap: int = 32
+    forward: Forward,
+    x: torch.Tensor,
+    scale: int,
+    tile: int = 0,
+    overlap: int = 32,
+    out: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Run ``forward`` on overlapping LR tiles of side ``tile`` and stitch the centres.
 
     Each output pixel is taken from the one tile where it lies at least ``overlap`` LR pixels from
     a tile edge that is not an image edge, so with ``overlap`` >= the receptive-field radius the
     result equals the whole-image forward up to float rounding. ``tile <= 0`` runs untiled.
+    ``out`` (e.g. a uint8 buffer, for quantized tiles) receives the result if given.
     """
     h, w = x.shape[-2:]
     if tile <= 0 or (h <= tile and w <= tile):
-        return forward(x)
+        if out is None:
+            return forward(x)
+        out.copy_(forward(x))
+        return out
     if tile <= 2 * overlap:
         raise ValueError(f"tile ({tile}) must exceed 2 * overlap ({2 * overlap})")
     step = tile - 2 * overlap
-    out = x.new_zeros(*x.shape[:-2], h * scale, w * scale)
+    if out is None:
+        out = x.new_zeros(*x.shape[:-2], h * scale, w * scale)
     for top in range(0, h, step):
         for left in range(0, w, step):
             # the core [top, top+step) x [left, left+step), padded by `overlap` where possible
