@@ -121,3 +121,32 @@ def test_checkpoint_loading_is_strict_and_safe(tmp_path):
     (tmp_path / "junk.pt").write_bytes(b"not a checkpoint")
     with pytest.raises(ValueError, match="not a loadable checkpoint"):
         load_weights(model, tmp_path / "junk.pt")
+
+
+def test_eval_cli_with_an_authors_checkpoint_and_self_ensemble(data_root, tmp_path):
+    torch.manual_seed(0)
+    net = EDSR(scale=4, n_resblocks=1, n_feats=8)
+    torch.save(net.state_dict(), tmp_path / "edsr_tiny_x4.pt")  # authors' format
+    out = tmp_path / "r.json"
+    proc = subprocess.run(
+        [
+            sys.executable,
+            str(REPO / "eval.py"),
+            f"ckpt_path={tmp_path / 'edsr_tiny_x4.pt'}",
+            f"data.root={data_root}",
+            "data.benchmarks=[Set5]",
+            "data.scales=[4]",
+            "self_ensemble=true",
+            f"results_path={out}",
+            f"hydra.run.dir={tmp_path / 'run'}",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    (row,) = json.loads(out.read_text())
+    assert row["model"] == "edsr_tiny_x4" and row["self_ensemble"] is True
+    assert row["n_images"] == 5
+    expected = evaluate(net, data_root, ["Set5"], [4], model_name="m", self_ensemble=True)
+    assert row["psnr"] == pytest.approx(expected[0]["psnr"], abs=1e-4)

@@ -16,7 +16,7 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from .callbacks import DivergenceError
-from .checkpoint import load_weights
+from .checkpoint import load_state_dict, model_from_state_dict
 from .evaluate import check_scales, evaluate, format_table, write_results
 
 log = logging.getLogger(__name__)
@@ -62,17 +62,21 @@ def build_net(model_cfg: DictConfig) -> torch.nn.Module:
 
 
 def run_eval(cfg: DictConfig) -> list[dict]:
-    """``eval.py``: build the model, load ``ckpt_path``, score, print the table, write JSON."""
-    model = build_net(cfg.model)
+    """``eval.py``: the model of ``ckpt_path`` (read off its tensor shapes) or of ``model=``,
+    scored on the benchmarks; prints the table and writes the JSON rows."""
+    name = model_name(cfg)
     if cfg.ckpt_path:
-        load_weights(model, cfg.ckpt_path)
-        log.info("loaded %s", cfg.ckpt_path)
+        model = model_from_state_dict(load_state_dict(cfg.ckpt_path))
+        name = Path(cfg.ckpt_path).stem
+        log.info("loaded %s: %s x%s", cfg.ckpt_path, type(model).__name__, list(model.scales))
+    else:
+        model = build_net(cfg.model)
     rows = evaluate(
         model,
         cfg.data.root,
         list(cfg.data.benchmarks),
         list(cfg.data.scales),
-        model_name=model_name(cfg),
+        model_name=name,
         self_ensemble=cfg.self_ensemble,
         device=cfg.device,
         tile=cfg.tile,
