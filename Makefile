@@ -12,7 +12,7 @@ install:
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --upgrade pip
 	$(PY) -m pip install "$(TORCH)"
-	$(PY) -m pip install -e ".[dev,sample,sweep]"
+	$(PY) -m pip install -e ".[dev,sample,sweep,export]"
 
 test:
 	$(PY) -m pytest -q
