@@ -91,6 +91,10 @@ def test_mdsr_needs_a_scale_and_wrong_files_are_refused(data_root, tmp_path):
     assert load_image(tmp_path / "birdx4_x3.png").shape[-2:] == (216, 216)
     torch.save({"foo": torch.zeros(3)}, tmp_path / "other.pt")
     assert main([src, "--weights", str(tmp_path / "other.pt")]) == 1
+    broken = EDSR(scale=2, n_resblocks=1, n_feats=8).state_dict()
+    broken["body.0.body.2.weight"] = torch.zeros(8, 4, 3, 3)  # holds another model's tensor
+    torch.save(broken, tmp_path / "broken.pt")
+    assert main([src, "--weights", str(tmp_path / "broken.pt")]) == 1
 
 
 def test_malicious_pickle_is_refused(tmp_path):

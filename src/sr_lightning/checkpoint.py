@@ -93,5 +93,8 @@ def model_from_state_dict(state: dict[str, torch.Tensor]) -> nn.Module:
     else:
         scale = _upsampler_scale(state, "tail.0.", n_feats)
         model = EDSR(scale, n_resblocks, n_feats, res_scale, norm=norm)
-    model.load_state_dict(state, strict=True)
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as e:
+        raise ValueError(f"the tensors do not form a consistent EDSR/MDSR: {e}") from e
     return model

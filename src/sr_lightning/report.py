@@ -1,4 +1,4 @@
-"""Report over a Hydra multirun: ``python -m sr_lightning.report MULTIRUN_DIR [--wandb]``.
+"""Tables and plots of a Hydra multirun: ``python -m sr_lightning.report DIR [--out] [--wandb]``.
 
 Reads each job's ``.hydra/overrides.yaml``, ``summary.json`` and ``history.csv`` (written by
 ``train.py``) and writes ``report.md``, ``report.csv``, ``val_psnr.png`` (validation PSNR vs
@@ -11,44 +11,97 @@ import argparse
 import csv
 import json
 import math
+import netrc
 import os
+import re
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import yaml
+
+PSNR_KEY = re.compile(r"^val/([^/]+)/x(\d+)/psnr$")  # val/Set5/x2/psnr
+STATUS_COLORS = {"completed": "tab:blue", "diverged": "tab:red", "failed": "tab:gray"}
 
 
 @dataclass
 class Job:
+    """One job folder of the multirun: its overrides, summary and metric history."""
+
     name: str
     overrides: dict[str, str]
-    summary: dict
+    summary: dict[str, Any]
     history: list[tuple[int, str, float]] = field(default_factory=list)
 
     @property
     def status(self) -> str:
-        return self.summary.get("status", "failed")
+        return str(self.summary.get("status") or "failed")
+
+    @property
+    def error(self) -> str | None:
+        return self.summary.get("error")
+
+    @property
+    def best(self) -> dict[str, Any]:
+        best = self.summary.get("best")
+        return best if isinstance(best, dict) else {}
+
+    def curve(self, key: str = "val/psnr") -> list[tuple[int, float]]:
+        """``(step, value)`` of ``key`` from ``history.csv``, non-finite values dropped."""
+        return [(s, v) for s, k, v in self.history if k == key and math.isfinite(v)]
+
+
+def _read_overrides(path: Path) -> dict[str, str]:
+    try:
+        items = yaml.safe_load(path.read_text()) if path.is_file() else []
+    except yaml.YAMLError:
+        items = []
+    overrides = {}
+    for item in items if isinstance(items, list) else []:
+        key, sep, value = str(item).partition("=")
+        if sep:
+            overrides[key.lstrip("+")] = value
+    return overrides
+
+
+def _read_summary(path: Path) -> dict[str, Any]:
+    if not path.is_file():
+        return {"status": "failed", "error": "no summary.json"}
+    try:
+        summary = json.loads(path.read_text())
+    except (OSError, ValueError) as e:
+        return {"status": "failed", "error": f"unreadable summary.json: {e}"}
+    if not isinstance(summary, dict):
+        return {"status": "failed", "error": "summary.json is not an object"}
+    return summary
+
+
+def _read_history(path: Path) -> list[tuple[int, str, float]]:
+    if not path.is_file():
+        return []
+    rows = []
+    with open(path, newline="") as f:
+        for r in csv.DictReader(f):
+            try:
+                rows.append((int(float(r["step"])), str(r["key"]), float(r["value"])))
+            except (KeyError, TypeError, ValueError):
+                continue  # a malformed or truncated line
+    return rows
 
 
 def read_job(folder: Path) -> Job:
-    overrides_file = folder / ".hydra" / "overrides.yaml"
-    items = yaml.safe_load(overrides_file.read_text()) if overrides_file.is_file() else []
-    overrides = dict(o.split("=", 1) for o in items or [] if "=" in o)
-    summary_file = folder / "summary.json"
-    if summary_file.is_file():
-        summary = json.loads(summary_file.read_text())
-    else:
-        summary = {"status": "failed", "error": "no summary.json"}
-    history = []
-    history_file = folder / "history.csv"
-    if history_file.is_file():
-        with open(history_file) as f:
-            history = [(int(r["step"]), r["key"], float(r["value"])) for r in csv.DictReader(f)]
-    return Job(folder.name, overrides, summary, history)
+    """A job folder; a job without ``summary.json`` is ``failed`` (it crashed before writing it)."""
+    return Job(
+        folder.name,
+        _read_overrides(folder / ".hydra" / "overrides.yaml"),
+        _read_summary(folder / "summary.json"),
+        _read_history(folder / "history.csv"),
+    )
 
 
 def read_sweep(sweep_dir: Path) -> list[Job]:
+    """All job folders (``0``, ``1``, ...) of a multirun, sorted by job number."""
     folders = sorted(
         (p for p in sweep_dir.iterdir() if p.is_dir() and p.name.isdigit()),
         key=lambda p: int(p.name),
@@ -67,158 +120,246 @@ def swept_keys(jobs: list[Job]) -> list[str]:
 
 
 def psnr_keys(jobs: list[Job]) -> list[str]:
-    keys = (k for j in jobs for k in j.summary.get("best", {}))
-    return list(dict.fromkeys(k for k in keys if k.count("/") == 3 and k.endswith("/psnr")))
+    """The ``val/<Set>/x<s>/psnr`` keys found in any job's best metrics, in first-seen order."""
+    return list(dict.fromkeys(k for j in jobs for k in j.best if PSNR_KEY.match(k)))
 
 
 def label(job: Job, keys: list[str]) -> str:
-    return (
-        ", ".join(f"{k.rsplit('.', 1)[-1]}={job.overrides.get(k, '-')}" for k in keys) or job.name
-    )
+    """``norm=batch, res_scale=0.1`` (last key segment, unless two swept keys share it)."""
+    short = [k.rsplit(".", 1)[-1] for k in keys]
+    if len(set(short)) < len(short):
+        short = list(keys)
+    parts = [f"{s}={job.overrides.get(k, '-')}" for s, k in zip(short, keys, strict=True)]
+    return ", ".join(parts) or f"job {job.name}"
 
 
-def rows(jobs: list[Job]) -> tuple[list[str], list[dict]]:
+def table(jobs: list[Job]) -> tuple[list[str], list[dict[str, Any]]]:
+    """Column keys and one row per job (raw values; ``None`` where unknown)."""
     swept, metrics = swept_keys(jobs), psnr_keys(jobs)
-    header = ["job", *swept, "params", "steps", "wall_time_s", *metrics, "diverged", "status"]
-    out = []
+    columns = ["job", *swept, "params", "steps", "wall_time_s", *metrics, "diverged", "status"]
+    rows = []
     for j in jobs:
         s = j.summary
-        row = {"job": j.name, **{k: j.overrides.get(k, "") for k in swept}}
+        row: dict[str, Any] = {"job": j.name, **{k: j.overrides.get(k) for k in swept}}
         row.update(params=s.get("params"), steps=s.get("steps"), wall_time_s=s.get("wall_time_s"))
-        row.update({k: s.get("best", {}).get(k) for k in metrics})
+        row.update({k: j.best.get(k) for k in metrics})
         row.update(diverged="yes" if j.status == "diverged" else "no", status=j.status)
-        out.append(row)
-    return header, out
+        rows.append(row)
+    return columns, rows
 
 
-def _fmt(key: str, value) -> str:
-    if value is None or value == "":
-        return "-"
-    if key == "params":
-        return f"{value:,}"
-    if key == "wall_time_s":
-        return f"{value:.1f} s" if value < 120 else f"{value / 60:.1f} min"
-    if key.endswith("/psnr"):
-        return f"{value:.2f}"
-    return str(value)
-
-
-def _title(key: str) -> str:
-    if key.count("/") == 3:  # val/Set5/x2/psnr -> Set5 x2 PSNR
-        _, name, scale, metric = key.split("/")
-        return f"{name} {scale} {metric.upper()}"
+def title(key: str) -> str:
+    """Markdown header of a column: ``val/Set5/x2/psnr`` -> ``Set5 x2 PSNR``."""
+    m = PSNR_KEY.match(key)
+    if m:
+        return f"{m[1]} x{m[2]} PSNR"
     return {"wall_time_s": "wall time"}.get(key, key)
 
 
-def plot(jobs: list[Job], out_dir: Path) -> list[Path]:
-    """``val_psnr.png`` and ``final_psnr.png``."""
-    import matplotlib
+def fmt(key: str, value: Any) -> str:
+    """Markdown cell: thousands separators, ``12.3 s`` / ``4.5 min``, PSNR with 2 decimals."""
+    if value is None or value == "":
+        return "-"
+    try:
+        if key == "params":
+            return f"{int(value):,}"
+        if key == "wall_time_s":
+            t = float(value)
+            return f"{t:.1f} s" if t < 120 else f"{t / 60:.1f} min"
+        if PSNR_KEY.match(key):
+            return f"{float(value):.2f}"
+    except (TypeError, ValueError):
+        pass
+    return str(value).replace("|", "\\|")
 
+
+def write_csv(path: Path, columns: list[str], rows: list[dict[str, Any]]) -> None:
+    """Full-precision rows; unknown values are empty cells."""
+    with open(path, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=columns)
+        writer.writeheader()
+        writer.writerows({c: "" if r[c] is None else r[c] for c in columns} for r in rows)
+
+
+def write_markdown(
+    path: Path, sweep_dir: Path, columns: list[str], rows: list[dict[str, Any]], plots: list[Path]
+) -> None:
+    """Title, one table row per job, then the plots as image links."""
+    lines = [f"# Sweep report: {sweep_dir}", ""]
+    lines.append("| " + " | ".join(title(c) for c in columns) + " |")
+    lines.append("|" + "---|" * len(columns))
+    lines += ["| " + " | ".join(fmt(c, r[c]) for c in columns) + " |" for r in rows]
+    links = (f"![{p.stem}]({Path(os.path.relpath(p, path.parent)).as_posix()})" for p in plots)
+    lines += ["", " ".join(links), ""]
+    path.write_text("\n".join(lines))
+
+
+def plot(jobs: list[Job], out_dir: Path) -> list[Path]:
+    """``val_psnr.png`` (val/psnr vs step per job) and ``final_psnr.png`` (best val/psnr)."""
+    try:
+        import matplotlib
+    except ImportError as e:
+        raise ImportError("the report plots need matplotlib: pip install matplotlib") from e
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.patches import Patch
 
     keys = swept_keys(jobs)
     fig, ax = plt.subplots(figsize=(6, 4), dpi=100)
     for j in jobs:
-        pts = [(s, v) for s, k, v in j.history if k == "val/psnr" and math.isfinite(v)]
+        pts = j.curve("val/psnr")
         if pts:
-            ax.plot(*zip(*pts, strict=True), marker="o", label=label(j, keys))
-    ax.set(xlabel="update", ylabel="validation PSNR (dB)", title="val/psnr")
-    ax.grid(alpha=0.3)
+            steps, values = zip(*pts, strict=True)
+            ax.plot(steps, values, marker="o", markersize=3, label=label(j, keys))
     if ax.lines:
         ax.legend(fontsize=7)
-    curve = out_dir / "val_psnr.png"
+    else:
+        ax.text(0.5, 0.5, "no val/psnr history", ha="center", transform=ax.transAxes)
+    ax.set(xlabel="step", ylabel="validation PSNR (dB)", title="val/psnr")
+    ax.grid(alpha=0.3)
+    curve_png = out_dir / "val_psnr.png"
     fig.tight_layout()
-    fig.savefig(curve)
+    fig.savefig(curve_png, dpi=100)
     plt.close(fig)
 
     fig, ax = plt.subplots(figsize=(6, 4), dpi=100)
-    finals = [j.summary.get("best", {}).get("val/psnr", float("nan")) for j in jobs]
-    colors = ["tab:red" if j.status != "completed" else "tab:blue" for j in jobs]
-    bars = ax.bar(range(len(jobs)), [v if math.isfinite(v) else 0 for v in finals], color=colors)
-    for bar, j in zip(bars, jobs, strict=True):
-        if j.status != "completed":
-            ax.text(bar.get_x() + bar.get_width() / 2, 0.5, j.status, ha="center", rotation=90)
-    ax.set_xticks(
-        range(len(jobs)), [label(j, keys) for j in jobs], rotation=30, ha="right", fontsize=7
-    )
-    finite = [v for v in finals if math.isfinite(v)]
+    best = [j.best.get("val/psnr") for j in jobs]
+    best = [float(v) if isinstance(v, int | float) else math.nan for v in best]
+    finite = [v for v in best if math.isfinite(v)]
+    low = math.floor(min(finite)) - 1 if finite else 0.0
+    heights = [v - low if math.isfinite(v) else 0.0 for v in best]
+    colors = [STATUS_COLORS.get(j.status, "tab:gray") for j in jobs]
+    x = range(len(jobs))
+    ax.bar(x, heights, bottom=low, color=colors)
+    for i, (j, v) in enumerate(zip(jobs, best, strict=True)):
+        if math.isfinite(v):
+            ax.annotate(f"{v:.2f}", (i, v), ha="center", va="bottom", fontsize=7)
+        if j.status != "completed":  # "diverged" / "failed" on the bar
+            ax.annotate(
+                j.status,
+                (i, 0.03),
+                xycoords=("data", "axes fraction"),
+                ha="center",
+                va="bottom",
+                rotation=90,
+                fontsize=8,
+                color="black",
+            )
+    ax.set_xticks(list(x), [label(j, keys) for j in jobs], rotation=30, ha="right", fontsize=7)
     if finite:
-        ax.set_ylim(min(finite) - 1, max(finite) + 0.5)
-    ax.set(ylabel="best validation PSNR (dB)", title="final PSNR per job")
+        ax.set_ylim(low, max(finite) + 0.5)
+    statuses = list(dict.fromkeys(j.status for j in jobs))
+    handles = [Patch(color=STATUS_COLORS.get(s, "tab:gray"), label=s) for s in statuses]
+    ax.legend(handles=handles, fontsize=7)
+    ax.set(ylabel="best validation PSNR (dB)", title="best val/psnr per job")
     bar_png = out_dir / "final_psnr.png"
-    fig.savefig(bar_png, bbox_inches="tight")
+    fig.savefig(bar_png, dpi=100, bbox_inches="tight")
     plt.close(fig)
-    return [curve, bar_png]
+    return [curve_png, bar_png]
 
 
-def log_to_wandb(sweep_dir: Path, header: list[str], table: list[dict]) -> None:
-    """The table as a W&B Table (offline unless an API key is configured); never fatal."""
+def _wandb_mode() -> str:
+    """$WANDB_MODE if set; online with an API key (env or ~/.netrc); else offline."""
+    if os.environ.get("WANDB_MODE"):
+        return os.environ["WANDB_MODE"]
+    if os.environ.get("WANDB_API_KEY"):
+        return "online"
+    try:
+        if netrc.netrc().authenticators("api.wandb.ai"):
+            return "online"
+    except (OSError, netrc.NetrcParseError):
+        pass
+    return "offline"
+
+
+def log_to_wandb(
+    sweep_dir: Path, out_dir: Path, columns: list[str], rows: list[dict[str, Any]]
+) -> None:
+    """The table as a ``wandb.Table`` in run ``report-<sweep dir name>``; never fatal."""
     try:
         import wandb
-
-        from .cli import wandb_mode
-
-        if wandb_mode() == "disabled":
-            return
-        run = wandb.init(
+    except ImportError:
+        print("warning: --wandb ignored: wandb is not installed", file=sys.stderr)
+        return
+    mode = _wandb_mode()
+    if mode == "disabled":
+        print("warning: --wandb ignored: WANDB_MODE=disabled", file=sys.stderr)
+        return
+    try:
+        try:
+            settings = wandb.Settings(init_timeout=90, silent=True)
+        except Exception:  # an older/newer wandb without these settings
+            settings = None
+        wandb.init(
             project="sr-lightning",
-            name=f"report-{sweep_dir.name}",
-            mode=wandb_mode(),
-            dir=sweep_dir,
+            name=f"report-{sweep_dir.resolve().name}",
+            job_type="report",
+            mode=mode,
+            dir=str(out_dir),
+            settings=settings,
         )
-        run.log(
-            {"report": wandb.Table(columns=header, data=[[r[h] for h in header] for r in table])}
-        )
-        run.finish()
+        data = [["" if r[c] is None else r[c] for c in columns] for r in rows]
+        wandb.log({"report": wandb.Table(columns=columns, data=data)})
     except Exception as e:  # a report must not fail on logging
         print(f"warning: W&B logging failed: {e}", file=sys.stderr)
+    finally:
+        try:
+            if wandb.run is not None:
+                wandb.finish()
+        except Exception as e:
+            print(f"warning: wandb.finish failed: {e}", file=sys.stderr)
 
 
 @dataclass
 class Report:
-    jobs: list[Job]
-    paths: list[Path]
+    """What :func:`build_report` read and wrote."""
+
+    sweep_dir: Path
+    out_dir: Path
+    columns: list[str]
+    rows: list[dict[str, Any]]
+    paths: list[Path]  # report.md, report.csv, val_psnr.png, final_psnr.png
+    jobs: list[Job] = field(default_factory=list, repr=False)
 
 
 def build_report(
-    sweep_dir: str | Path, out_dir: str | Path | None = None, wandb: bool = False
+    sweep_dir: str | Path, out_dir: str | Path | None = None, *, wandb: bool = False
 ) -> Report:
+    """Read every job of the multirun ``sweep_dir`` and write the report into ``out_dir``.
+
+    Raises ``FileNotFoundError`` for a missing folder or one without job folders, and
+    ``ImportError`` without matplotlib (after ``report.csv`` is written).
+    """
     sweep_dir = Path(sweep_dir)
     if not sweep_dir.is_dir():
         raise FileNotFoundError(f"multirun folder not found: {sweep_dir}")
-    out = Path(out_dir) if out_dir else sweep_dir
-    out.mkdir(parents=True, exist_ok=True)
     jobs = read_sweep(sweep_dir)
-    header, table = rows(jobs)
-    with open(out / "report.csv", "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=header)
-        writer.writeheader()
-        writer.writerows(table)
+    out = Path(out_dir) if out_dir is not None else sweep_dir
+    out.mkdir(parents=True, exist_ok=True)
+    columns, rows = table(jobs)
+    csv_path, md_path = out / "report.csv", out / "report.md"
+    write_csv(csv_path, columns, rows)
     pngs = plot(jobs, out)
-    md = [f"# Sweep report: {sweep_dir}", ""]
-    md.append("| " + " | ".join(_title(h) for h in header) + " |")
-    md.append("|" + "---|" * len(header))
-    md += ["| " + " | ".join(_fmt(h, r[h]) for h in header) + " |" for r in table]
-    md += ["", *(f"![{p.stem}]({os.path.relpath(p, out)})" for p in pngs), ""]
-    (out / "report.md").write_text("\n".join(md))
+    write_markdown(md_path, sweep_dir, columns, rows, pngs)
     if wandb:
-        log_to_wandb(sweep_dir, header, table)
-    return Report(jobs, [out / "report.md", out / "report.csv", *pngs])
+        log_to_wandb(sweep_dir, out, columns, rows)
+    return Report(sweep_dir, out, columns, rows, [md_path, csv_path, *pngs], jobs)
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    """CLI entry point; 0 on success, 1 (message on stderr) on a missing or empty sweep."""
+    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("sweep_dir", help="a Hydra multirun folder (holds 0/, 1/, ...)")
     parser.add_argument("--out", help="where to write the report (default: the sweep folder)")
     parser.add_argument("--wandb", action="store_true", help="also log the table to W&B")
     args = parser.parse_args(argv)
     try:
-        report = build_report(args.sweep_dir, args.out, args.wandb)
-    except (FileNotFoundError, ValueError) as e:
+        report = build_report(args.sweep_dir, args.out, wandb=args.wandb)
+    except (OSError, ImportError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
-    print((report.paths[0]).read_text())
+    print(report.paths[0].read_text())
+    print("wrote " + ", ".join(str(p) for p in report.paths))
     return 0
 
 

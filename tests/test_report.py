@@ -1,0 +1,198 @@
+"""``sr_lightning.report`` over a synthetic 2x2 multirun (no training)."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import pytest
+
+from sr_lightning.report import Report, build_report, main
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+GRID = [("batch", "1.0"), ("batch", "0.1"), ("none", "1.0"), ("none", "0.1")]
+DIVERGED, MISSING = 1, 3  # job numbers
+
+
+def write_job(sweep: Path, i: int, norm: str, res_scale: str) -> None:
+    job = sweep / str(i)
+    (job / ".hydra").mkdir(parents=True)
+    overrides = [f"model.norm={norm}", f"model.res_scale={res_scale}", "trainer.max_steps=10"]
+    (job / ".hydra" / "overrides.yaml").write_text("".join(f"- {o}\n" for o in overrides))
+    if i == MISSING:  # crashed before writing summary.json (and with an empty history)
+        (job / "history.csv").write_text("")
+        return
+    psnr = 30.0 + i + 0.123456
+    diverged = i == DIVERGED
+    best = {"val/psnr": psnr, "val/Set5/x2/psnr": psnr, "val/Set14/x2/psnr": psnr - 2}
+    summary = {
+        "model": "edsr_baseline",
+        "params": 1234567,
+        "steps": 10,
+        "wall_time_s": 12.34 if i else 270.0,
+        "status": "diverged" if diverged else "completed",
+        "error": "non-finite training loss" if diverged else None,
+        "best": best,
+        "final": best,
+    }
+    (job / "summary.json").write_text(json.dumps(summary))
+    rows = ["step,key,value", "0,train/loss,0.5", f"5,val/psnr,{psnr - 1}"]
+    rows += ["10,val/psnr,nan", "10,train/loss,inf"] if diverged else [f"10,val/psnr,{psnr}"]
+    rows += [f"10,val/Set5/x2/psnr,{psnr}"]
+    (job / "history.csv").write_text("\n".join(rows) + "\n")
+
+
+@pytest.fixture
+def sweep(tmp_path) -> Path:
+    sweep = tmp_path / "multirun"
+    sweep.mkdir()
+    (sweep / "multirun.yaml").write_text("hydra:\n  mode: MULTIRUN\n")
+    for i, (norm, res_scale) in enumerate(GRID):
+        write_job(sweep, i, norm, res_scale)
+    return sweep
+
+
+def table_rows(md: str) -> list[list[str]]:
+    lines = [line for line in md.splitlines() if line.startswith("| ")]
+    return [[c.strip() for c in line.strip("|").split("|")] for line in lines]
+
+
+def check_png(path: Path) -> None:
+    assert path.read_bytes()[:8] == PNG_MAGIC
+    from PIL import Image
+
+    with Image.open(path) as im:
+        im.verify()
+    with Image.open(path) as im:
+        assert im.width >= 200 and im.height >= 150
+
+
+def test_markdown_table(sweep):
+    pytest.importorskip("matplotlib")
+    report = build_report(sweep)
+    assert isinstance(report, Report)
+    md = (sweep / "report.md").read_text()
+    assert md.startswith(f"# Sweep report: {sweep}")
+    header, *rows = table_rows(md)
+    assert header == [
+        "job",
+        "model.norm",
+        "model.res_scale",
+        "params",
+        "steps",
+        "wall time",
+        "Set5 x2 PSNR",
+        "Set14 x2 PSNR",
+        "diverged",
+        "status",
+    ]
+    assert "trainer.max_steps" not in md  # constant across jobs: not swept
+    assert len(rows) == 4 and [r[0] for r in rows] == ["0", "1", "2", "3"]
+    by_job = {r[0]: dict(zip(header, r, strict=True)) for r in rows}
+    assert by_job["0"] == {
+        "job": "0",
+        "model.norm": "batch",
+        "model.res_scale": "1.0",
+        "params": "1,234,567",
+        "steps": "10",
+        "wall time": "4.5 min",
+        "Set5 x2 PSNR": "30.12",
+        "Set14 x2 PSNR": "28.12",
+        "diverged": "no",
+        "status": "completed",
+    }
+    assert by_job["1"]["wall time"] == "12.3 s"
+    assert by_job["1"]["diverged"] == "yes" and by_job["1"]["status"] == "diverged"
+    assert by_job["2"]["Set5 x2 PSNR"] == "32.12"
+    assert by_job["3"] == {
+        **dict.fromkeys(header, "-"),
+        "job": "3",
+        "model.norm": "none",
+        "model.res_scale": "0.1",
+        "diverged": "no",
+        "status": "failed",
+    }
+    assert "![val_psnr](val_psnr.png)" in md and "![final_psnr](final_psnr.png)" in md
+
+
+def test_csv_and_report_object(sweep, tmp_path):
+    pytest.importorskip("matplotlib")
+    out = tmp_path / "out"
+    report = build_report(sweep, out)
+    assert [p.name for p in report.paths] == [
+        "report.md",
+        "report.csv",
+        "val_psnr.png",
+        "final_psnr.png",
+    ]
+    assert all(p.parent == out and p.is_file() for p in report.paths)
+    assert not (sweep / "report.md").exists()
+    assert len(report.rows) == 4 and report.rows[3]["status"] == "failed"
+    assert report.jobs[3].error == "no summary.json"
+    with open(out / "report.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == 4
+    assert list(rows[0]) == [
+        "job",
+        "model.norm",
+        "model.res_scale",
+        "params",
+        "steps",
+        "wall_time_s",
+        "val/Set5/x2/psnr",
+        "val/Set14/x2/psnr",
+        "diverged",
+        "status",
+    ]
+    assert float(rows[0]["val/Set5/x2/psnr"]) == pytest.approx(30.123456)  # full precision
+    assert rows[0]["params"] == "1234567"
+    assert rows[1]["diverged"] == "yes"
+    assert rows[3]["status"] == "failed" and rows[3]["params"] == ""
+
+
+def test_plots(sweep):
+    pytest.importorskip("matplotlib")
+    build_report(sweep)
+    for name in ("val_psnr.png", "final_psnr.png"):
+        check_png(sweep / name)
+
+
+def test_history_drops_non_finite_points(sweep):
+    from sr_lightning.report import read_job
+
+    job = read_job(sweep / str(DIVERGED))
+    assert job.curve("val/psnr") == [(5, pytest.approx(30.123456))]
+    assert read_job(sweep / str(MISSING)).curve("val/psnr") == []
+
+
+def test_single_job_shows_all_overrides(sweep):
+    pytest.importorskip("matplotlib")
+    for i in (1, 2, 3):
+        for p in sorted((sweep / str(i)).rglob("*"), reverse=True):
+            p.rmdir() if p.is_dir() else p.unlink()
+        (sweep / str(i)).rmdir()
+    report = build_report(sweep)
+    assert report.columns[1:4] == ["model.norm", "model.res_scale", "trainer.max_steps"]
+
+
+def test_main(sweep, tmp_path, capsys):
+    pytest.importorskip("matplotlib")
+    assert main([str(sweep), "--out", str(tmp_path / "out")]) == 0
+    assert (tmp_path / "out" / "report.md").is_file()
+    assert "Set5 x2 PSNR" in capsys.readouterr().out
+
+
+def test_main_errors(tmp_path, capsys):
+    assert main([str(tmp_path / "missing")]) == 1
+    assert "multirun folder not found" in capsys.readouterr().err
+    (tmp_path / "empty").mkdir()
+    assert main([str(tmp_path / "empty")]) == 1
+    assert "no job folders" in capsys.readouterr().err
+
+
+def test_wandb_disabled_is_a_warning(sweep, monkeypatch, capsys):
+    pytest.importorskip("matplotlib")
+    monkeypatch.setenv("WANDB_MODE", "disabled")
+    assert main([str(sweep), "--wandb"]) == 0
+    assert "warning" in capsys.readouterr().err
