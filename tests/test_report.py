@@ -196,3 +196,15 @@ def test_wandb_disabled_is_a_warning(sweep, monkeypatch, capsys):
     monkeypatch.setenv("WANDB_MODE", "disabled")
     assert main([str(sweep), "--wandb"]) == 0
     assert "warning" in capsys.readouterr().err
+
+
+def test_wandb_offline_logs_the_table(sweep, tmp_path, monkeypatch, capsys):
+    pytest.importorskip("matplotlib")
+    pytest.importorskip("wandb")
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    monkeypatch.delenv("WANDB_API_KEY", raising=False)
+    out = tmp_path / "out"
+    assert main([str(sweep), "--out", str(out), "--wandb"]) == 0
+    assert "warning" not in capsys.readouterr().err
+    assert list((out / "wandb").glob("offline-run-*"))

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import json
 import logging
-import netrc
-import os
 import time
 from pathlib import Path
 
@@ -18,6 +16,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from .callbacks import DivergenceError
 from .checkpoint import load_state_dict, model_from_state_dict
 from .evaluate import check_scales, evaluate, format_table, write_results
+from .wandb_mode import wandb_mode
 
 log = logging.getLogger(__name__)
 
@@ -28,20 +27,6 @@ MODULE_OPTIONS = ("init_from", "compile", "channels_last", "self_ensemble", "val
 def auto_precision() -> str:
     """bf16-mixed where a GPU runs it natively, fp32 elsewhere (CPU bf16 is 4-8x slower here)."""
     return "bf16-mixed" if torch.cuda.is_available() else "32-true"
-
-
-def wandb_mode() -> str:
-    """W&B mode: $WANDB_MODE if set; online with an API key (env or ~/.netrc); else offline."""
-    if os.environ.get("WANDB_MODE"):
-        return os.environ["WANDB_MODE"]
-    if os.environ.get("WANDB_API_KEY"):
-        return "online"
-    try:
-        if netrc.netrc().authenticators("api.wandb.ai"):
-            return "online"
-    except (OSError, netrc.NetrcParseError):
-        pass
-    return "offline"
 
 
 OmegaConf.register_new_resolver("sr_auto_precision", auto_precision, replace=True)

@@ -11,7 +11,6 @@ import argparse
 import csv
 import json
 import math
-import netrc
 import os
 import re
 import sys
@@ -20,6 +19,8 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+
+from .wandb_mode import wandb_mode
 
 PSNR_KEY = re.compile(r"^val/([^/]+)/x(\d+)/psnr$")  # val/Set5/x2/psnr
 STATUS_COLORS = {"completed": "tab:blue", "diverged": "tab:red", "failed": "tab:gray"}
@@ -258,20 +259,6 @@ def plot(jobs: list[Job], out_dir: Path) -> list[Path]:
     return [curve_png, bar_png]
 
 
-def _wandb_mode() -> str:
-    """$WANDB_MODE if set; online with an API key (env or ~/.netrc); else offline."""
-    if os.environ.get("WANDB_MODE"):
-        return os.environ["WANDB_MODE"]
-    if os.environ.get("WANDB_API_KEY"):
-        return "online"
-    try:
-        if netrc.netrc().authenticators("api.wandb.ai"):
-            return "online"
-    except (OSError, netrc.NetrcParseError):
-        pass
-    return "offline"
-
-
 def log_to_wandb(
     sweep_dir: Path, out_dir: Path, columns: list[str], rows: list[dict[str, Any]]
 ) -> None:
@@ -281,7 +268,7 @@ def log_to_wandb(
     except ImportError:
         print("warning: --wandb ignored: wandb is not installed", file=sys.stderr)
         return
-    mode = _wandb_mode()
+    mode = wandb_mode()
     if mode == "disabled":
         print("warning: --wandb ignored: WANDB_MODE=disabled", file=sys.stderr)
         return
@@ -298,7 +285,7 @@ def log_to_wandb(
             dir=str(out_dir),
             settings=settings,
         )
-        data = [["" if r[c] is None else r[c] for c in columns] for r in rows]
+        data = [[r[c] for c in columns] for r in rows]  # None: a missing value
         wandb.log({"report": wandb.Table(columns=columns, data=data)})
     except Exception as e:  # a report must not fail on logging
         print(f"warning: W&B logging failed: {e}", file=sys.stderr)
