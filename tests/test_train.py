@@ -81,12 +81,11 @@ def test_resume_from_last_continues_at_the_right_step(tmp_path, sample_cache):
     assert ckpt["lr_schedulers"][0]["last_epoch"] == 3  # step-wise LR schedule state saved
     train([*tiny_args(sample_cache), f"hydra.run.dir={run}", "ckpt_path=last"])
     assert ckpt_step(run / "checkpoints" / "last.ckpt") == 6
-    steps = [
-        line.split(",")
-        for line in (run / "csv" / "metrics.csv").read_text().splitlines()
-        if "train/loss" not in line
-    ]
-    assert steps  # the CSV logger appended the resumed run
+    import csv
+
+    with open(run / "csv" / "metrics.csv") as f:
+        logged = [int(r["step"]) for r in csv.DictReader(f) if r.get("train/loss")]
+    assert logged == sorted(set(logged)) and len(logged) == 6  # each step once, none lost
 
 
 def test_ddp_cpu_single_run_scores_each_image_once(tmp_path, sample_cache):

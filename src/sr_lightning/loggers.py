@@ -16,6 +16,9 @@ class _AppendingWriter(ExperimentWriter):
     fields not in fieldnames").
     """
 
+    def _check_log_dir_exists(self) -> None:
+        """Keep an existing ``metrics.csv`` (Lightning deletes it: a resumed run lost its past)."""
+
     def save(self) -> None:
         if self.metrics and self._fs.isfile(self.metrics_file_path):
             with self._fs.open(self.metrics_file_path, "r") as f:
