@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 TORCH ?= torch==2.13.0
 DATA ?= ../shared/datasets
 
-.PHONY: install test lint format eval-bicubic bench-data bench-infer train report clean
+.PHONY: install test lint format eval-bicubic bench bench-data bench-infer gpu-payload train report clean
 
 install:
 	$(PYTHON) -m venv $(VENV)
@@ -37,6 +37,21 @@ report:
 eval-bicubic:
 	$(PY) eval.py model=bicubic data.root=$(DATA) data.scales=[2,3,4] \
 		data.benchmarks=[Set5,Set14,B100,Urban100] results_path=outputs/bicubic.json
+
+# The benchmark table (training step: plain eager vs ours, FLOPs and % of the matmul peak,
+# inference ms/MP, loader patches/s), printed and appended to BENCHMARKS.md. ~15 min on 2 cores.
+bench:
+	$(PY) -m sr_lightning.bench --data-root $(DATA)
+
+# What bench/gpu.sh needs on a GPU machine without network: wheels of the packages its image
+# lacks (.whl/, pure Python) and the training/test images (gpu_payload/datasets/).
+GPU_WHEELS := hydra-core==1.3.8 omegaconf==2.3.1 antlr4-python3-runtime==4.9.3
+gpu-payload:
+	rm -rf .whl gpu_payload && mkdir -p gpu_payload/datasets/benchmark
+	$(PY) -m pip wheel -q --no-deps -w .whl $(GPU_WHEELS)
+	for s in B100 Set5; do mkdir -p gpu_payload/datasets/benchmark/$$s && \
+		cp -r $(DATA)/benchmark/$$s/HR gpu_payload/datasets/benchmark/$$s/; done
+	du -sh .whl gpu_payload
 
 # Data-loader patches/s (batch 16, 48x48 LR, x2) with 0, 1 and 2 workers.
 bench-data:

@@ -80,8 +80,26 @@ def test_mdsr_batches_are_single_scale_and_cover_all(data_root, cache_dir):
     loader = dm.train_dataloader()
     scales = [b["scale"] for b in loader]
     assert len(scales) == 30 and set(scales) == {2, 3, 4}
+    dm.train_data.epoch = 1  # what the data module does at each epoch, from the trainer
     scales2 = [b["scale"] for b in loader]
     assert scales2 != scales  # a new draw every epoch
+
+
+def test_an_epoch_resumed_mid_way_replays_the_same_batches(data_root, cache_dir):
+    """Batch k of epoch e depends on (seed, e, k) only: a run resumed at batch 5 of epoch 1
+    sees exactly the batches the uninterrupted run saw, with or without workers."""
+    dm = make_dm(data_root, cache_dir, scales=[2, 3], updates_per_epoch=9, num_workers=2)
+    data = dm.train_data
+    data.epoch, data.first_batch = 1, 0
+    full = list(torch.utils.data.DataLoader(data, batch_size=None, num_workers=2))
+    data.first_batch = 5
+    tail = list(data)  # in-process, no workers
+    assert len(full) == 9 and len(tail) == 4
+    for a, b in zip(full[5:], tail, strict=True):
+        assert a["scale"] == b["scale"] and torch.equal(a["lr"], b["lr"])
+        assert torch.equal(a["hr"], b["hr"])
+    data.epoch, data.first_batch = 2, 0
+    assert not torch.equal(list(data)[0]["lr"], full[0]["lr"])  # another epoch, other patches
 
 
 def test_ranks_agree_on_the_scale_and_split_the_images(data_root, cache_dir):

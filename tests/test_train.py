@@ -207,3 +207,25 @@ def test_bad_config_fails_before_training(tmp_path, sample_cache, override, mess
     assert proc.returncode != 0
     assert message in proc.stderr + proc.stdout
     assert not (tmp_path / "run" / "checkpoints" / "last.ckpt").exists()
+
+
+def test_ddp_cpu_with_compile_and_channels_last(tmp_path, sample_cache):
+    """The speed flags work under DDP: 2 gloo ranks train the compiled channels_last step
+    without falling back to eager, and the checkpoint holds the network once (net.*)."""
+    run = tmp_path / "run"
+    proc = train(
+        [
+            *tiny_args(sample_cache),
+            f"hydra.run.dir={run}",
+            "trainer=ddp_cpu",
+            "trainer.max_epochs=1",
+            "test_after_fit=false",
+            "model.compile=true",
+            "model.channels_last=true",
+        ],
+        timeout=600,
+    )
+    assert "compiling failed" not in proc.stdout + proc.stderr
+    assert ckpt_step(run / "checkpoints" / "last.ckpt") == 3
+    state = torch.load(run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
+    assert all(k.startswith(("net.", "eval_metrics.")) for k in state["state_dict"])

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import logging
+import signal
+import sys
 import time
 from pathlib import Path
 
@@ -15,6 +17,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 
 from .callbacks import DivergenceError
 from .checkpoint import load_state_dict, model_from_state_dict
+from .config_check import check_keys
 from .evaluate import check_scales, evaluate, format_table, write_results
 from .wandb_mode import wandb_mode
 
@@ -30,6 +33,7 @@ def auto_precision() -> str:
 
 
 OmegaConf.register_new_resolver("sr_auto_precision", auto_precision, replace=True)
+OmegaConf.register_new_resolver("sr_on_gpu", torch.cuda.is_available, replace=True)
 OmegaConf.register_new_resolver("sr_wandb_mode", wandb_mode, replace=True)
 
 
@@ -49,6 +53,7 @@ def build_net(model_cfg: DictConfig) -> torch.nn.Module:
 def run_eval(cfg: DictConfig) -> list[dict]:
     """``eval.py``: the model of ``ckpt_path`` (read off its tensor shapes) or of ``model=``,
     scored on the benchmarks; prints the table and writes the JSON rows."""
+    check_keys(cfg, "eval")
     name = model_name(cfg)
     if cfg.ckpt_path:
         model = model_from_state_dict(load_state_dict(cfg.ckpt_path))
@@ -77,6 +82,7 @@ def run_eval(cfg: DictConfig) -> list[dict]:
 
 def validate_train_config(cfg: DictConfig) -> None:
     """Checks that need the whole config; each error names the key."""
+    check_keys(cfg, "train")  # unknown keys first (ConfigKeyError names each one)
     glob = cfg.data.get("global_batch_size")
     if glob is not None:
         devices = cfg.trainer.devices
@@ -197,20 +203,12 @@ def test_and_report(trainer, module, datamodule, cfg: DictConfig) -> dict:
     return tested
 
 
-def run_train(cfg: DictConfig) -> dict:
-    """``train.py``: fit, then test the best checkpoint next to bicubic; returns the metrics."""
+def build_training(cfg: DictConfig, extra_callbacks: list | None = None) -> tuple:
+    """(trainer, module, datamodule) of a ``train.py`` config; also used by the benchmarks."""
     import lightning as L
 
     from .lit_module import SRLitModule
 
-    validate_train_config(cfg)
-    _strategy_for_hydra(cfg)
-    init_from = str(cfg.model.get("init_from") or "")
-    if init_from.startswith(SWEEP_PREFIX):
-        with open_dict(cfg):
-            scale = int(init_from[len(SWEEP_PREFIX) :])
-            cfg.model.init_from = find_sweep_checkpoint(Path(cfg.paths.output_dir), scale)
-    L.seed_everything(cfg.seed, workers=True)
     datamodule = hydra.utils.instantiate(cfg.data)
     net = build_net(cfg.model)
     check_scales(net, datamodule.scales)
@@ -221,8 +219,24 @@ def run_train(cfg: DictConfig) -> dict:
     callbacks = [hydra.utils.instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c]
     loggers = [hydra.utils.instantiate(c) for c in (cfg.get("logger") or {}).values() if c]
     trainer: L.Trainer = hydra.utils.instantiate(
-        cfg.trainer, callbacks=callbacks, logger=loggers or False
+        cfg.trainer, callbacks=callbacks + (extra_callbacks or []), logger=loggers or False
     )
+    return trainer, module, datamodule
+
+
+def run_train(cfg: DictConfig) -> dict:
+    """``train.py``: fit, then test the best checkpoint next to bicubic; returns the metrics."""
+    import lightning as L
+
+    validate_train_config(cfg)
+    _strategy_for_hydra(cfg)
+    init_from = str(cfg.model.get("init_from") or "")
+    if init_from.startswith(SWEEP_PREFIX):
+        with open_dict(cfg):
+            scale = int(init_from[len(SWEEP_PREFIX) :])
+            cfg.model.init_from = find_sweep_checkpoint(Path(cfg.paths.output_dir), scale)
+    L.seed_everything(cfg.seed, workers=True)
+    trainer, module, datamodule = build_training(cfg)
     out = Path(cfg.paths.output_dir)
     if trainer.is_global_zero:
         (out / "checkpoints").mkdir(parents=True, exist_ok=True)
@@ -243,13 +257,16 @@ def run_train(cfg: DictConfig) -> dict:
         return {"val/psnr": float("nan")}
     except BaseException as e:
         error = f"{type(e).__name__}: {e}"
+        if trainer.received_sigterm:  # pre-empted: checkpoint saved by the Resumable callback
+            status = "preempted"
+            log.warning("pre-empted by SIGTERM at step %d", trainer.global_step)
+            raise SystemExit(128 + signal.SIGTERM) from e  # 143, as if killed by the signal
         raise
     finally:
         if trainer.is_global_zero:
             write_summary(cfg, trainer, module, status, error, time.time() - start)
-            import wandb
-
-            if wandb.run is not None:
+            wandb = sys.modules.get("wandb")  # imported only if a W&B logger was used
+            if wandb is not None and wandb.run is not None:
                 wandb.finish()
 
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import lightning as L
@@ -41,6 +41,41 @@ def init_from_checkpoint(net: nn.Module, path: str) -> tuple[list[str], list[str
     return loaded, kept
 
 
+class CompiledOrEager:
+    """``torch.compile(net)`` for the training step, falling back to the eager network (with a
+    warning) where compiling fails: no C++ compiler or Triton, an unsupported platform.
+
+    A plain object, not a module: the compiled wrapper's parameters are the network's, and the
+    checkpoint keeps the ``net.*`` names. Evaluation stays eager (whole images of varying sizes
+    would recompile for each new size).
+    """
+
+    def __init__(self, net: nn.Module):
+        self.net = net
+        self.compiled: Callable | None = None
+        self.failed = False
+
+    def __getstate__(self) -> dict:  # ddp_spawn pickles the module: compile again there
+        return {"net": self.net, "compiled": None, "failed": self.failed}
+
+    def _fall_back(self, error: BaseException) -> None:
+        log.warning("model.compile=true: compiling failed, training eagerly instead (%s)", error)
+        self.compiled, self.failed = None, True
+
+    def __call__(self, *args: Any) -> torch.Tensor:
+        if self.compiled is None and not self.failed:
+            try:
+                self.compiled = torch.compile(self.net)
+            except Exception as e:  # e.g. torch.compile unsupported on this Python
+                self._fall_back(e)
+        if self.compiled is not None:
+            try:
+                return self.compiled(*args)
+            except torch._dynamo.exc.TorchDynamoException as e:  # backend or tracing failure
+                self._fall_back(e)
+        return self.net(*args)
+
+
 class SRLitModule(L.LightningModule):
     """L1 (or L2) loss, Adam, step-wise halving of the learning rate, benchmark validation.
 
@@ -76,7 +111,8 @@ class SRLitModule(L.LightningModule):
         if channels_last:
             net = net.to(memory_format=torch.channels_last)
         self.net = net
-        self._forward = torch.compile(net) if compile else net
+        # not a submodule (the checkpoint holds the network once, as net.*)
+        self._train_forward = CompiledOrEager(net) if compile else net.__call__
         self.loss_fn = LOSSES[loss]
         self.tile_overlap = val_tile_overlap or receptive_radius(net)
         self.eval_names: list[tuple[str, int]] = []
@@ -87,7 +123,7 @@ class SRLitModule(L.LightningModule):
     def forward(self, lr: torch.Tensor, scale: int) -> torch.Tensor:
         if self.hparams.channels_last:
             lr = lr.contiguous(memory_format=torch.channels_last)
-        return self._forward(lr, scale)
+        return self.net(lr, scale)
 
     def to_float(self, img: torch.Tensor) -> torch.Tensor:
         return img.float() * (self.hparams.rgb_range / 255.0)
@@ -105,20 +141,31 @@ class SRLitModule(L.LightningModule):
     # ---- training -----------------------------------------------------------------------
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
         lr, hr = self.to_float(batch["lr"]), self.to_float(batch["hr"])
-        sr = self(lr, batch["scale"])
+        if self.hparams.channels_last:
+            lr = lr.contiguous(memory_format=torch.channels_last)
+        sr = self._train_forward(lr, batch["scale"])
         loss = self.loss_fn(sr.float(), hr)
-        self.log("train/loss", loss, prog_bar=True)
+        # loggers read the value every log_every_n_steps; the progress bar would read it (a
+        # host-device sync) every step, so it gets it only at logging steps
+        self.log("train/loss", loss)
+        if self.global_step % self.trainer.log_every_n_steps == 0:
+            self.log("loss", loss, prog_bar=True, logger=False)
         return loss
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        """Checkpoints written before 2026-11-27 held the network twice (``_forward.*``)."""
+        state = checkpoint["state_dict"]
+        for key in [k for k in state if k.startswith("_forward.")]:
+            del state[key]
 
     def configure_optimizers(self) -> dict:
         params = [p for p in self.net.parameters() if p.requires_grad]  # mean shift is frozen
-        fused = self.device.type == "cuda"
         opt = torch.optim.Adam(
             params,
             lr=self.hparams.lr,
             betas=tuple(self.hparams.betas),
             eps=self.hparams.eps,
-            fused=fused or None,
+            fused=True,  # one kernel for all parameters (CUDA and CPU)
         )
         sched = torch.optim.lr_scheduler.StepLR(
             opt, step_size=self.hparams.lr_decay_steps, gamma=self.hparams.lr_gamma

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import signal
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -14,7 +15,7 @@ from torch.utils.data import DataLoader, DistributedSampler
 from ..models.blocks import SCALES_EDSR
 from .datasets import DIV2K_VAL, SAMPLE, EvalDataset, Pair, aligned_pair, div2k_pairs, resolve_pairs
 from .io import ImageError
-from .patches import PatchBatches, derive_seed
+from .patches import PatchBatches
 
 log = logging.getLogger(__name__)
 
@@ -34,6 +35,13 @@ class UnpaddedDistributedSampler(DistributedSampler):
 
     def __len__(self) -> int:
         return len(range(self.rank, len(self.dataset), self.num_replicas))
+
+
+def leave_sigterm_to_trainer(worker_id: int) -> None:
+    """Data workers ignore SIGTERM (SLURM sends it to every process of the job): the trainer
+    then finishes its step, saves a checkpoint and shuts the workers down itself. A worker
+    killed by it would abort the step half-way."""
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
 
 
 class SRDataModule(L.LightningDataModule):
@@ -64,7 +72,6 @@ class SRDataModule(L.LightningDataModule):
         augment: bool = True,
         cache_dir: str | None = None,
         pin_memory: bool = True,
-        persistent_workers: bool = True,
         seed: int = 0,
     ):
         super().__init__()
@@ -82,7 +89,6 @@ class SRDataModule(L.LightningDataModule):
         self.augment = augment
         self.cache_dir = Path(cache_dir).expanduser() if cache_dir else None
         self.pin_memory = pin_memory
-        self.persistent_workers = persistent_workers
         self.seed = seed
         self.validate()
         self.train_data: PatchBatches | None = None
@@ -166,19 +172,30 @@ class SRDataModule(L.LightningDataModule):
             return dist.get_rank(), dist.get_world_size()
         return 0, 1
 
+    def epoch_position(self) -> tuple[int, int]:
+        """(epoch, first batch) of the epoch about to run: (e, 0), or mid-epoch after a resume.
+
+        Needs ``reload_dataloaders_every_n_epochs=1`` (our trainer configs set it): Lightning
+        then asks for a new loader at each epoch, after restoring a checkpoint's counters.
+        """
+        if self.trainer is None:
+            return 0, 0
+        epoch = self.trainer.current_epoch
+        done = self.trainer.global_step - epoch * self.updates_per_epoch  # no accumulation
+        return epoch, min(max(done, 0), self.updates_per_epoch)
+
     def train_dataloader(self) -> DataLoader:
         assert self.train_data is not None, "call setup('fit') first"
+        # batch k of epoch e is a function of (seed, e, k): a resumed run replays the stream
+        self.train_data.epoch, self.train_data.first_batch = self.epoch_position()
         workers = self.num_workers
-        # same on all ranks; a run resumed at epoch e does not replay the patches of epoch 0
-        epoch = self.trainer.current_epoch if self.trainer is not None else 0
         return DataLoader(
             self.train_data,
             batch_size=None,  # the dataset yields whole single-scale batches
             num_workers=workers,
             pin_memory=self.pin_memory and torch.cuda.is_available(),
-            persistent_workers=self.persistent_workers and workers > 0,
             prefetch_factor=4 if workers > 0 else None,
-            generator=torch.Generator().manual_seed(derive_seed(self.seed, epoch)),
+            worker_init_fn=leave_sigterm_to_trainer,
         )
 
     def _eval_loaders(self, sets: list[EvalDataset]) -> list[DataLoader]:
@@ -189,6 +206,7 @@ class SRDataModule(L.LightningDataModule):
                 batch_size=1,  # whole images of different sizes
                 sampler=UnpaddedDistributedSampler(ds, world, rank) if world > 1 else None,
                 num_workers=min(self.num_workers, 1),
+                worker_init_fn=leave_sigterm_to_trainer,
             )
             for ds in sets
         ]

@@ -113,6 +113,10 @@ def aligned_pair(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """(LR, HR) uint8 with HR cropped to exactly LR size x ``scale`` (top-left), checked."""
     hr = load_hr(pair.hr, cache_dir)
+    if min(hr.shape[-2:]) < scale:  # would give an empty LR image
+        raise ImageError(
+            f"{pair.hr}: HR size {tuple(hr.shape[-2:])} is smaller than the scale x{scale}"
+        )
     lr = load_lr(pair, scale, cache_dir)
     h, w = lr.shape[-2] * scale, lr.shape[-1] * scale
     if lr.shape[0] != hr.shape[0]:

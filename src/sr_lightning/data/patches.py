@@ -5,8 +5,9 @@ Why an IterableDataset of whole batches: every batch must hold one scale, and un
 rank must train the same scale at the same step (otherwise the scale-specific modules of MDSR get
 gradients averaged with zeros). The scale of batch ``k`` of an epoch is drawn from a generator
 seeded by (epoch seed, k) only, so all ranks agree without communication; patch positions are
-drawn from (epoch seed, k, rank). The loader's ``generator`` (seeded identically on all ranks)
-provides the epoch seed; a per-worker counter advances it for persistent workers.
+drawn from (epoch seed, k, rank). The epoch seed is a function of (seed, epoch) alone, and an
+epoch can start at batch ``first_batch``: a run resumed mid-epoch from a checkpoint sees exactly
+the batches the uninterrupted run would have seen (the data module sets both before each epoch).
 """
 
 from __future__ import annotations
@@ -68,16 +69,14 @@ class PatchBatches(IterableDataset):
         self.seed = seed
         self.rank = rank
         self.world_size = world_size
-        self._epochs_started = 0  # per process: counts epochs in persistent workers
+        self.epoch = 0  # set by the data module before each epoch (fresh workers see it)
+        self.first_batch = 0  # > 0 when a run resumes mid-epoch
 
     def __len__(self) -> int:
         return self.updates_per_epoch
 
-    def _epoch_seed(self) -> int:
-        info = get_worker_info()
-        base = self.seed if info is None else info.seed - info.id
-        self._epochs_started += 1
-        return derive_seed(base, self._epochs_started)
+    def epoch_seed(self) -> int:
+        return derive_seed(self.seed, self.epoch)
 
     def batch_scale(self, epoch_seed: int, k: int) -> int:
         """Scale of batch ``k``: the same on every rank and worker for a given epoch seed."""
@@ -106,10 +105,10 @@ class PatchBatches(IterableDataset):
         return {"lr": torch.stack(lrs), "hr": torch.stack(hrs), "scale": scale}
 
     def __iter__(self) -> Iterator[dict]:
-        epoch_seed = self._epoch_seed()
+        epoch_seed = self.epoch_seed()
         order = self.image_order(epoch_seed)
         info = get_worker_info()
         worker, n_workers = (0, 1) if info is None else (info.id, info.num_workers)
-        # the DataLoader takes batches round-robin from its workers: worker w makes k = w mod n
-        for k in range(worker, self.updates_per_epoch, n_workers):
+        # the DataLoader takes batches round-robin from its workers: worker w makes every n-th
+        for k in range(self.first_batch + worker, self.updates_per_epoch, n_workers):
             yield self.make_batch(epoch_seed, k, order)

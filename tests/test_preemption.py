@@ -1,0 +1,137 @@
+"""Kill and resume for real: SIGKILL and SIGTERM a running ``train.py``, resume with
+``ckpt_path=last``, and compare with an uninterrupted run of the same seed (issue 8, item 1)."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from test_train import REPO, ckpt_step, train
+
+pytestmark = pytest.mark.slow
+
+STEPS, EVERY = 24, 4  # 3 epochs of 8 updates; a step checkpoint every 4 updates
+
+
+def args(cache_dir: Path, run: Path) -> list[str]:
+    return [
+        "experiment=quickstart",
+        "model.n_resblocks=1",
+        "model.n_feats=8",
+        "data.patch_size=12",
+        "data.batch_size=2",
+        "data.num_workers=1",  # a worker process, killed by the same signal as under SLURM
+        "data.updates_per_epoch=8",
+        "trainer.max_epochs=3",
+        "trainer.log_every_n_steps=1",
+        f"callbacks.step_checkpoint.every_n_train_steps={EVERY}",
+        "~callbacks.progress_bar",
+        "test_after_fit=false",
+        f"data.cache_dir={cache_dir}",
+        f"hydra.run.dir={run}",
+    ]
+
+
+@pytest.fixture(scope="module")
+def sample_cache(tmp_path_factory) -> Path:
+    pytest.importorskip("skimage", reason="data=sample needs scikit-image (the [sample] extra)")
+    return tmp_path_factory.mktemp("cache")
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory, sample_cache) -> Path:
+    """The uninterrupted run."""
+    run = tmp_path_factory.mktemp("reference") / "run"
+    train(args(sample_cache, run))
+    return run
+
+
+def start_and_kill(run: Path, cache: Path, sig: int, after_step: int) -> subprocess.Popen:
+    """Start a slowed-down run; once a checkpoint of ``after_step`` exists, signal the whole
+    process group (the trainer and its data worker, as SLURM does) and wait for the end."""
+    slow = ["+callbacks.slow._target_=slow_steps.SleepEveryStep", "+callbacks.slow.seconds=0.25"]
+    env = {
+        **os.environ,
+        "WANDB_MODE": "disabled",
+        "PYTHONPATH": str(REPO / "tests" / "plugins"),
+    }
+    proc = subprocess.Popen(
+        [sys.executable, str(REPO / "train.py"), *args(cache, run), *slow],
+        cwd=REPO,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
+    target = run / "checkpoints" / f"step{after_step:07d}.ckpt"
+    deadline = time.time() + 120
+    while not target.exists():
+        assert proc.poll() is None, proc.stdout.read()[-3000:]
+        assert time.time() < deadline, "the run never reached the checkpoint"
+        time.sleep(0.05)
+    time.sleep(0.3)  # a step or so past the checkpoint
+    os.killpg(proc.pid, sig)
+    proc.out = proc.communicate(timeout=120)[0]
+    return proc
+
+
+def train_steps_logged(run: Path) -> list[int]:
+    with open(run / "csv" / "metrics.csv") as f:
+        return [int(r["step"]) for r in csv.DictReader(f) if r.get("train/loss")]
+
+
+def final_state(run: Path) -> dict:
+    return torch.load(run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
+
+
+def assert_matches_reference(run: Path, reference: Path) -> None:
+    assert train_steps_logged(run) == list(range(STEPS))  # each step once: none lost, none twice
+    got, ref = final_state(run), final_state(reference)
+    assert got["global_step"] == ref["global_step"] == STEPS
+    assert got["lr_schedulers"][0]["last_epoch"] == STEPS
+    # same data stream (batch k of epoch e is a function of the seed), same optimizer state:
+    # the resumed run is the uninterrupted one, to float32 round-off of the CPU kernels
+    for key, value in ref["state_dict"].items():
+        torch.testing.assert_close(got["state_dict"][key], value, rtol=1e-5, atol=1e-6)
+    exp_avg = [s["exp_avg"] for s in got["optimizer_states"][0]["state"].values()]
+    ref_avg = [s["exp_avg"] for s in ref["optimizer_states"][0]["state"].values()]
+    for a, b in zip(exp_avg, ref_avg, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-7)
+    history = json.loads((run / "summary.json").read_text())
+    ref_history = json.loads((reference / "summary.json").read_text())
+    assert history["final"]["val/psnr"] == pytest.approx(ref_history["final"]["val/psnr"], abs=1e-3)
+
+
+def test_sigkill_then_resume_equals_the_uninterrupted_run(tmp_path, sample_cache, reference):
+    run = tmp_path / "run"
+    proc = start_and_kill(run, sample_cache, signal.SIGKILL, after_step=2 * EVERY)
+    assert proc.returncode == -signal.SIGKILL
+    killed_at = max(ckpt_step(p) for p in (run / "checkpoints").glob("step*.ckpt"))
+    assert 2 * EVERY <= killed_at < STEPS
+    train([*args(sample_cache, run), "ckpt_path=last"])
+    assert_matches_reference(run, reference)
+
+
+def test_sigterm_saves_a_checkpoint_then_resume_equals_the_uninterrupted_run(
+    tmp_path, sample_cache, reference
+):
+    run = tmp_path / "run"
+    proc = start_and_kill(run, sample_cache, signal.SIGTERM, after_step=EVERY)
+    assert proc.returncode == 143, proc.out[-3000:]
+    preempted = run / "checkpoints" / "preempted.ckpt"
+    assert preempted.is_file(), proc.out[-3000:]
+    step = ckpt_step(preempted)
+    assert EVERY < step < STEPS  # saved at the step it was stopped, past the last periodic one
+    assert f"checkpoint at step {step} saved" in proc.out
+    assert json.loads((run / "summary.json").read_text())["status"] == "preempted"
+    train([*args(sample_cache, run), "ckpt_path=last"])
+    assert_matches_reference(run, reference)
