@@ -3,31 +3,19 @@
     python bench/data.py [--root ../shared/datasets] [--train-set T91/HR] [--workers 0 1 2]
 
 Prints one line per worker count: the median over ``--repeats`` epochs of ``--batches``
-batches each, after one warm-up epoch (which also builds the cache).
+batches each, timed from each epoch's first batch (starting the workers is not counted).
 """
 
 from __future__ import annotations
 
 import argparse
 import platform
-import statistics
-import time
 from pathlib import Path
 
 import torch
 
+from sr_lightning.bench import loader_patches_per_second
 from sr_lightning.data.datamodule import SRDataModule
-
-
-def patches_per_second(dm: SRDataModule, repeats: int) -> float:
-    loader = dm.train_dataloader()
-    rates = []
-    for epoch in range(repeats + 1):
-        start = time.perf_counter()
-        n = sum(batch["lr"].shape[0] for batch in loader)
-        if epoch:  # the first epoch starts the workers: not timed
-            rates.append(n / (time.perf_counter() - start))
-    return statistics.median(rates)
 
 
 def main() -> None:
@@ -59,7 +47,7 @@ def main() -> None:
         )
         dm.prepare_data()
         dm.setup("fit")
-        print(f"| {workers} | {patches_per_second(dm, args.repeats):,.0f} |", flush=True)
+        print(f"| {workers} | {loader_patches_per_second(dm, args.repeats):,.0f} |", flush=True)
 
 
 if __name__ == "__main__":

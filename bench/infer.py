@@ -16,14 +16,14 @@ import time
 
 import torch
 
+from sr_lightning.bench import make_net
 from sr_lightning.inference import tiled_forward
-from sr_lightning.models import EDSR
 
-PRESETS = {"edsr_baseline": (16, 64, 1.0, 128), "edsr": (32, 256, 0.1, 64)}
+SIZES = {"edsr_baseline": 128, "edsr": 64}  # LR input side
 
 
 @torch.inference_mode()
-def ms_per_mp(net: EDSR, lr: torch.Tensor, scale: int, tile: int, repeats: int) -> float:
+def ms_per_mp(net: torch.nn.Module, lr: torch.Tensor, scale: int, tile: int, repeats: int) -> float:
     def run() -> None:
         tiled_forward(lambda t: net(t), lr, scale, tile=tile, overlap=16)
 
@@ -40,7 +40,7 @@ def ms_per_mp(net: EDSR, lr: torch.Tensor, scale: int, tile: int, repeats: int) 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--models", nargs="+", default=list(PRESETS))
+    parser.add_argument("--models", nargs="+", default=list(SIZES))
     args = parser.parse_args()
     print(
         f"# inference fp32, {platform.machine()}, torch {torch.__version__}, "
@@ -49,10 +49,9 @@ def main() -> None:
     print("| model | scale | LR input | untiled ms/MP | tiled (64, overlap 16) ms/MP |")
     print("|---|---|---|---|---|")
     for name in args.models:
-        blocks, feats, res_scale, size = PRESETS[name]
+        size = SIZES[name]
         for scale in (2, 4):
-            torch.manual_seed(0)
-            net = EDSR(scale, blocks, feats, res_scale).eval()
+            net = make_net(name, scale).eval()
             lr = torch.rand(1, 3, size, size) * 255
             plain = ms_per_mp(net, lr, scale, 0, args.repeats)
             tiled = ms_per_mp(net, lr, scale, 64, args.repeats)

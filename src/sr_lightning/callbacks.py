@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import time
 from pathlib import Path
@@ -10,6 +11,9 @@ from typing import Any
 import lightning as L
 import torch
 from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
+from lightning.pytorch.loggers import CSVLogger
+
+from .loggers import WriteErrors
 
 
 class ImagesPerSecond(L.Callback):
@@ -92,17 +96,32 @@ class MetricHistory(L.Callback):
         self.every_n_steps = every_n_steps
         self.best: dict[str, float] = {}
         self.final: dict[str, float] = {}
+        self.write_errors = WriteErrors("metric history")
 
     def _append(self, trainer, rows: dict[str, float]) -> None:
+        """A failed write (disk full) is reported once, cut back to the last whole row, and
+        training goes on; ``best``/``final`` (for summary.json) are kept in memory anyway."""
         if not trainer.is_global_zero or not rows:
             return
-        new = not self.path.exists()
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        with open(self.path, "a") as f:
-            if new:
-                f.write("step,key,value\n")
-            for key, value in rows.items():
-                f.write(f"{trainer.global_step},{key},{value!r}\n")
+        size = 0
+        try:
+            size = self.path.stat().st_size if self.path.is_file() else 0
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            with open(self.path, "a") as f:
+                if size == 0:
+                    f.write("step,key,value\n")
+                for key, value in rows.items():
+                    f.write(f"{trainer.global_step},{key},{value!r}\n")
+        except OSError as e:
+            with contextlib.suppress(OSError):
+                os.truncate(self.path, size)
+            self.write_errors.report(e, self.path)
+
+    def state_dict(self) -> dict:  # in the checkpoint: a resumed run keeps its best values
+        return {"best": dict(self.best), "final": dict(self.final)}
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        self.best, self.final = dict(state_dict["best"]), dict(state_dict["final"])
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         every = self.every_n_steps or trainer.log_every_n_steps
@@ -122,3 +141,63 @@ class MetricHistory(L.Callback):
             if value == value and value > self.best.get(key, float("-inf")):  # not NaN
                 self.best[key] = value
         self._append(trainer, rows)
+
+
+def drop_csv_rows_from(path: Path, step_column: str, first_stale: int) -> int:
+    """Rewrite the CSV ``path`` (atomically) without rows whose ``step_column`` >= first_stale."""
+    import csv
+
+    if not path.is_file():
+        return 0
+    with open(path, newline="") as f:
+        reader = csv.DictReader(f)
+        fields, rows = reader.fieldnames or [], list(reader)
+    keep = [r for r in rows if not r.get(step_column) or int(float(r[step_column])) < first_stale]
+    if len(keep) < len(rows):
+        tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+        with open(tmp, "w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=fields)
+            writer.writeheader()
+            writer.writerows(keep)
+        os.replace(tmp, path)
+    return len(rows) - len(keep)
+
+
+class Resumable(L.Callback):
+    """What a killed or pre-empted run needs to resume where it was (``ckpt_path=last``).
+
+    - SIGTERM (SLURM pre-emption, ``scancel``, a cluster's grace period): Lightning stops after
+      the current step; this writes ``<dirpath>/preempted.ckpt`` on the way out. Any exception
+      raised while the SIGTERM is pending (e.g. data workers killed by the same signal) also
+      saves, since the model and optimizer are consistent between steps.
+    - On resume from a checkpoint at step G, CSV log rows of steps the checkpoint did not see
+      (written by the killed process after it) are dropped, so no step is logged twice.
+    """
+
+    def __init__(self, dirpath: str):
+        self.dirpath = Path(dirpath)
+        self.saved: Path | None = None
+
+    def on_exception(self, trainer, pl_module, exception: BaseException) -> None:
+        if not trainer.received_sigterm or self.saved is not None:
+            return
+        self.saved = self.dirpath / "preempted.ckpt"
+        trainer.save_checkpoint(self.saved)
+        if trainer.is_global_zero:
+            print(
+                f"SIGTERM: checkpoint at step {trainer.global_step} saved to {self.saved}; "
+                "resume with ckpt_path=last in the same hydra.run.dir",
+                flush=True,
+            )
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        if not trainer.ckpt_path or not trainer.is_global_zero:
+            return
+        step = trainer.global_step
+        # Lightning's CSV rows carry the index of the step being run (G steps done: 0..G-1)
+        for logger in trainer.loggers:
+            if isinstance(logger, CSVLogger):
+                drop_csv_rows_from(Path(logger.log_dir) / "metrics.csv", "step", step)
+        for callback in trainer.callbacks:  # history.csv rows carry the steps done (<= G)
+            if isinstance(callback, MetricHistory):
+                drop_csv_rows_from(callback.path, "step", step + 1)
