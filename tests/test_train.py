@@ -117,7 +117,9 @@ def test_ddp_cpu_single_run_scores_each_image_once(tmp_path, sample_cache):
     assert ddp["ssim"] == pytest.approx(single[0]["ssim"], abs=1e-4)
 
 
-def test_ddp_cpu_multirun_one_folder_per_job(tmp_path, sample_cache):
+def test_ddp_cpu_multirun_folders_and_a_diverged_job(tmp_path, sample_cache):
+    """2 gloo ranks per job (ddp_spawn under -m): one folder per job, and the job whose loss
+    blows up (raised in a spawned worker) is recorded as diverged while the sweep goes on."""
     sweep = tmp_path / "sweep"
     train(
         [
@@ -125,15 +127,20 @@ def test_ddp_cpu_multirun_one_folder_per_job(tmp_path, sample_cache):
             *tiny_args(sample_cache),
             "trainer=ddp_cpu",
             "trainer.max_epochs=1",
-            "model.res_scale=1.0,0.5",
+            "callbacks.divergence_guard.check_every_n_steps=1",
+            "optim.lr=1e30,5e-4",
             f"hydra.sweep.dir={sweep}",
         ],
         timeout=600,
     )
     jobs = sorted(p.name for p in sweep.iterdir() if p.is_dir())
     assert jobs == ["0", "1"]
+    diverged, completed = (json.loads((sweep / j / "summary.json").read_text()) for j in jobs)
+    assert diverged["status"] == "diverged", diverged
+    assert diverged["error"].startswith("non-finite training loss at step")
+    assert completed["status"] == "completed"
+    assert (sweep / "1" / "checkpoints" / "last.ckpt").is_file()
     for job in jobs:
-        assert (sweep / job / "checkpoints" / "last.ckpt").is_file()
         cfg = (sweep / job / "checkpoints" / "config.yaml").read_text()
         assert "strategy: ddp_spawn" in cfg
     assert sorted(p.name for p in tmp_path.iterdir()) == ["sweep"]  # no second sweep folder
@@ -164,9 +171,11 @@ def test_wandb_offline_without_network(tmp_path, sample_cache):
     assert len(list(runs[0].rglob("files/media/images/**/panel*.png"))) == 2  # val panels
 
 
-def test_mdsr_trains_on_mixed_scales(tmp_path, sample_cache):
+def test_mdsr_trains_on_mixed_scales_under_ddp(tmp_path, sample_cache):
+    """`train.py model=mdsr trainer.devices=N` as typed: 2 CPU ranks, no strategy given. MDSR
+    leaves the other scales' modules without gradient at each step; DDP must be told."""
     run = tmp_path / "run"
-    train(
+    proc = train(
         [
             *tiny_args(sample_cache),
             f"hydra.run.dir={run}",
@@ -176,8 +185,10 @@ def test_mdsr_trains_on_mixed_scales(tmp_path, sample_cache):
             "data.scales=[2,3]",
             "data.updates_per_epoch=6",
             "trainer.max_epochs=1",
+            "trainer.devices=2",
         ]
     )
+    assert "trainer.strategy=ddp_find_unused_parameters_true" in proc.stdout + proc.stderr
     rows = json.loads((run / "results.json").read_text())
     assert sorted((r["model"], r["scale"]) for r in rows) == [
         ("bicubic", 2),

@@ -300,7 +300,7 @@ class Row:
             self.mode,
             str(self.batch),
             f"{self.step * 1000:,.0f}",
-            f"{self.batch / self.step:,.1f}",
+            f"{self.batch / self.step:,.{1 if self.batch / self.step >= 1 else 3}f}",
             f"{self.flops / 1e9:,.1f}",
             f"{rate / 1e12:.3f}",
             f"{100 * rate / self.peak:.0f}%",
@@ -467,7 +467,8 @@ def main(argv: list[str] | None = None) -> str:
         f"`python -m sr_lightning.bench --device {device}`: x2, "
         f"LR patch {args.patch}x{args.patch}, "
         f"median of {args.steps} timed steps after {args.warmup} warm-up (EDSR: "
-        f"{args.edsr_steps or (20 if cuda else 5)} steps). Matmul peak measured in the same run: "
+        f"{args.edsr_steps or (20 if cuda else 5)} after {args.warmup if cuda else 1}). "
+        "Matmul peak measured in the same run: "
         f"{peak / 1e12:.3f} TFLOP/s ({str(peak_dtype).replace('torch.', '')}"
         + (f"; fp32 {peak_fp32 / 1e12:.3f}, used for the fp32 rows" if cuda else "")
         + ")."

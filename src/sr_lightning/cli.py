@@ -80,15 +80,34 @@ def run_eval(cfg: DictConfig) -> list[dict]:
     return rows
 
 
+def world_size(cfg: DictConfig) -> int:
+    """Processes of a run: trainer.devices x trainer.num_nodes (a non-integer device spec,
+    e.g. "auto", counts as 1)."""
+    devices = cfg.trainer.get("devices", 1)
+    if not isinstance(devices, int):
+        devices = len(devices) if not isinstance(devices, str) else 1
+    return max(devices, 1) * cfg.trainer.get("num_nodes", 1)
+
+
 def validate_train_config(cfg: DictConfig) -> None:
     """Checks that need the whole config; each error names the key."""
     check_keys(cfg, "train")  # unknown keys first (ConfigKeyError names each one)
     glob = cfg.data.get("global_batch_size")
+    world = world_size(cfg)
+    if world > 1 and len(cfg.data.scales) > 1:
+        # MDSR trains one scale per step: the other scales' modules get no gradient, which DDP
+        # must be told about (else it stops with "parameters that were not used")
+        strategy = cfg.trainer.get("strategy") or "auto"
+        finding = {
+            "auto": "ddp_find_unused_parameters_true",
+            "ddp": "ddp_find_unused_parameters_true",
+            "ddp_spawn": "ddp_spawn_find_unused_parameters_true",
+        }
+        if strategy in finding:
+            log.info("MDSR under DDP: trainer.strategy=%s", finding[strategy])
+            with open_dict(cfg):
+                cfg.trainer.strategy = finding[strategy]
     if glob is not None:
-        devices = cfg.trainer.devices
-        if not isinstance(devices, int):
-            devices = len(devices) if not isinstance(devices, str) else 1
-        world = devices * cfg.trainer.get("num_nodes", 1)
         if glob % world:
             raise ValueError(
                 f"data.global_batch_size={glob} is not divisible by trainer.devices x "
@@ -224,6 +243,17 @@ def build_training(cfg: DictConfig, extra_callbacks: list | None = None) -> tupl
     return trainer, module, datamodule
 
 
+def divergence_message(error: BaseException) -> str | None:
+    """The message of a :class:`DivergenceError`, also when a ``ddp_spawn`` worker raised it
+    (the parent then gets a ``ProcessRaisedException`` holding the worker's traceback)."""
+    if isinstance(error, DivergenceError):
+        return str(error)
+    marker = f"{DivergenceError.__name__}: "
+    if type(error).__name__ == "ProcessRaisedException" and marker in str(error):
+        return str(error).split(marker, 1)[1].strip().splitlines()[0]
+    return None
+
+
 def run_train(cfg: DictConfig) -> dict:
     """``train.py``: fit, then test the best checkpoint next to bicubic; returns the metrics."""
     import lightning as L
@@ -251,12 +281,12 @@ def run_train(cfg: DictConfig) -> dict:
             metrics.update(test_and_report(trainer, module, datamodule, cfg))
         status = "completed"
         return metrics
-    except DivergenceError as e:  # a result, not a crash: a sweep's other jobs go on
-        status, error = "diverged", str(e)
-        log.error("run diverged: %s", e)
-        return {"val/psnr": float("nan")}
     except BaseException as e:
         error = f"{type(e).__name__}: {e}"
+        if (message := divergence_message(e)) is not None:
+            status, error = "diverged", message  # a result, not a crash: a sweep goes on
+            log.error("run diverged: %s", message)
+            return {"val/psnr": float("nan")}
         if trainer.received_sigterm:  # pre-empted: checkpoint saved by the Resumable callback
             status = "preempted"
             log.warning("pre-empted by SIGTERM at step %d", trainer.global_step)

@@ -54,7 +54,10 @@ class ResBlock(nn.Module):
         self.res_scale = res_scale
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.body(x).mul(self.res_scale) + x
+        res = self.body(x)
+        if self.res_scale != 1:  # a multiply by 1 is exact, but costs a pass over memory
+            res = res.mul(self.res_scale)
+        return res + x
 
 
 class Upsampler(nn.Sequential):
