@@ -184,7 +184,11 @@ def test_online_probes_first_and_falls_back_without_calling_wandb_online(
 
 
 def test_probe_gives_up_on_a_host_that_does_not_answer(monkeypatch):
-    monkeypatch.setattr(loggers_mod.socket, "create_connection", lambda *a, **k: time.sleep(5))
+    def hang(*args, **kwargs) -> socket.socket:
+        time.sleep(5)  # a host that drops packets: the connect only returns after the timeout
+        return socket.socket()
+
+    monkeypatch.setattr(loggers_mod.socket, "create_connection", hang)
     monkeypatch.setattr(loggers_mod.urllib.request, "getproxies", dict)
     start = time.monotonic()
     reason = loggers_mod.probe_tcp("https://wandb.example.org", timeout=0.3)
