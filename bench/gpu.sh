@@ -13,6 +13,9 @@ PY=${PYTHON:-python3}
 WHEELS=${WHEELS:-.whl}
 DATA=${DATA:-gpu_payload/datasets}
 LOGS=${LOGS:-${OUT:-outputs/gpu}}
+# extra arguments, e.g. to try the script on a CPU: TRAIN_ARGS="trainer=cpu ..." BENCH_ARGS="--device cpu ..."
+TRAIN_ARGS=${TRAIN_ARGS:-}
+BENCH_ARGS=${BENCH_ARGS:-}
 mkdir -p "$LOGS"
 export PYTHONUNBUFFERED=1 WANDB_MODE=disabled PROJECT_ROOT=$PWD
 
@@ -23,13 +26,13 @@ if ! $PY -c "import hydra, omegaconf" 2>/dev/null; then
   export PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH}
 fi
 export PYTHONPATH=$PWD/src${PYTHONPATH:+:$PYTHONPATH}
-nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader || true
 $PY -c "import torch, lightning; print('torch', torch.__version__, 'lightning', lightning.__version__)"
 
 echo "== 2-minute EDSR-baseline x2 training (bf16, channels_last, batch 16, 48x48)"
 start=$(date +%s)
-timeout 360 $PY train.py experiment=gpu_2min data.root="$DATA" hydra.run.dir="$LOGS/train" \
-  data.cache_dir="$LOGS/cache" >"$LOGS/train.log" 2>&1
+timeout 270 $PY train.py experiment=gpu_2min data.root="$DATA" hydra.run.dir="$LOGS/train" \
+  data.cache_dir="$LOGS/cache" $TRAIN_ARGS >"$LOGS/train.log" 2>&1
 echo "train.py exit code $? after $(( $(date +%s) - start )) s (log: $LOGS/train.log)"
 TRAIN_SUMMARY=$($PY - "$LOGS/train" <<'PYEOF'
 import csv, json, statistics, sys
@@ -49,8 +52,8 @@ PYEOF
 echo "$TRAIN_SUMMARY"
 
 echo "== benchmark table"
-timeout 420 $PY -m sr_lightning.bench --device cuda --data-root "$DATA" \
-  --out "$LOGS/BENCHMARKS.append.md" >"$LOGS/bench.log" 2>&1
+timeout 300 $PY -m sr_lightning.bench --device cuda --data-root "$DATA" \
+  --out "$LOGS/BENCHMARKS.append.md" $BENCH_ARGS >"$LOGS/bench.log" 2>&1
 echo "bench exit code $?"
 echo
 echo "$TRAIN_SUMMARY"
