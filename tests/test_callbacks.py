@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import lightning as L
 import pytest
 import torch
 from lightning.fabric.plugins.io import torch_io
 
-from sr_lightning.callbacks import AtomicCheckpointIO
+from sr_lightning.callbacks import AtomicCheckpointIO, DivergenceError, DivergenceGuard
 
 
 def test_failed_save_leaves_previous_checkpoint_loadable(tmp_path, monkeypatch):
@@ -27,24 +28,32 @@ def test_failed_save_leaves_previous_checkpoint_loadable(tmp_path, monkeypatch):
     assert [p.name for p in tmp_path.iterdir()] == ["last.ckpt"]  # no temp file left behind
 
 
-def test_divergence_stops_the_run_and_the_last_good_checkpoint_survives(
-    tmp_path, data_root, cache_dir
-):
-    import lightning as L
+class BlowUpAt(L.Callback):
+    """Infinite weights before step ``step + 1``, as with far too high a learning rate; with
+    ``once`` they are put back afterwards (a single bad batch)."""
+
+    def __init__(self, step: int, once: bool = False):
+        self.step, self.once, self.saved = step, once, None
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        if trainer.global_step == self.step:
+            weight = pl_module.net.tail[-1].weight
+            self.saved = weight.detach().clone()
+            with torch.no_grad():
+                weight.fill_(float("inf"))
+
+    def on_before_optimizer_step(self, trainer, pl_module, optimizer) -> None:
+        if self.once and trainer.global_step == self.step:  # the bad forward is done
+            with torch.no_grad():
+                pl_module.net.tail[-1].weight.copy_(self.saved)
+
+
+def tiny_fit(tmp_path, data_root, cache_dir, callbacks: list, max_steps: int = 20):
     from lightning.pytorch.callbacks import ModelCheckpoint
 
-    from sr_lightning.callbacks import DivergenceError, DivergenceGuard
     from sr_lightning.data.datamodule import SRDataModule
     from sr_lightning.lit_module import SRLitModule
     from sr_lightning.models import EDSR
-
-    class BlowUpAt(L.Callback):
-        """The weights become infinite before step 6, as with far too high a learning rate."""
-
-        def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
-            if trainer.global_step == 5:
-                with torch.no_grad():
-                    pl_module.net.tail[-1].weight.fill_(float("inf"))
 
     dm = SRDataModule(
         root=str(data_root),
@@ -54,7 +63,7 @@ def test_divergence_stops_the_run_and_the_last_good_checkpoint_survives(
         patch_size=12,
         batch_size=2,
         num_workers=0,
-        updates_per_epoch=20,
+        updates_per_epoch=max_steps,
         cache_dir=str(cache_dir),
     )
     every_2 = ModelCheckpoint(
@@ -62,18 +71,55 @@ def test_divergence_stops_the_run_and_the_last_good_checkpoint_survives(
     )
     trainer = L.Trainer(
         accelerator="cpu",
-        max_steps=20,
+        max_steps=max_steps,
         logger=False,
-        callbacks=[BlowUpAt(), DivergenceGuard(check_every_n_steps=1), every_2],
+        callbacks=[*callbacks, every_2],
         plugins=[AtomicCheckpointIO()],
         enable_progress_bar=False,
         enable_model_summary=False,
     )
+    module = SRLitModule(EDSR(2, 1, 8))
+    trainer.fit(module, datamodule=dm)
+    return trainer, module
+
+
+def test_divergence_stops_the_run_and_the_last_good_checkpoint_survives(
+    tmp_path, data_root, cache_dir
+):
+    guard = DivergenceGuard(check_every_n_steps=1)
     with pytest.raises(DivergenceError, match="non-finite training loss at step 6"):
-        trainer.fit(SRLitModule(EDSR(2, 1, 8)), datamodule=dm)
+        tiny_fit(tmp_path, data_root, cache_dir, [BlowUpAt(5), guard])
     steps = {
         p: torch.load(p, map_location="cpu", weights_only=True) for p in tmp_path.glob("*.ckpt")
     }
     newest = max(steps.values(), key=lambda c: c["global_step"])
     assert newest["global_step"] == 4  # the step-6 checkpoint was not written on the way out
     assert all(v.isfinite().all() for v in newest["state_dict"].values() if v.is_floating_point())
+
+
+def test_skip_mode_drops_a_non_finite_step_and_training_goes_on(tmp_path, data_root, cache_dir):
+    class Snapshot(L.Callback):  # the trained weights just before and after step 4
+        def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+            if trainer.global_step == 3:
+                self.before = {k: v.clone() for k, v in pl_module.net.state_dict().items()}
+
+        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+            if trainer.global_step == 4:
+                self.after = {k: v.clone() for k, v in pl_module.net.state_dict().items()}
+
+    guard, snap = DivergenceGuard(action="skip"), Snapshot()
+    trainer, module = tiny_fit(
+        tmp_path, data_root, cache_dir, [snap, BlowUpAt(3, once=True), guard]
+    )
+    assert trainer.global_step == 20 and guard.skipped == 1
+    for key, value in snap.before.items():  # step 4 changed nothing
+        assert torch.equal(snap.after[key], value), key
+    assert all(v.isfinite().all() for v in module.net.state_dict().values())
+
+
+def test_skip_mode_stops_a_run_that_keeps_diverging(tmp_path, data_root, cache_dir):
+    guard = DivergenceGuard(action="skip", max_skipped=3)
+    with pytest.raises(DivergenceError, match="non-finite gradients at 4 steps in a row"):
+        tiny_fit(tmp_path, data_root, cache_dir, [BlowUpAt(5), guard])
+    with pytest.raises(ValueError, match=r"divergence_guard.action='pause'.*\['stop', 'skip'\]"):
+        DivergenceGuard(action="pause")
