@@ -104,6 +104,9 @@ def final_state(run: Path) -> dict:
 
 def assert_matches_reference(run: Path, reference: Path) -> None:
     assert train_steps_logged(run) == list(range(STEPS))  # each step once: none lost, none twice
+    with open(run / "history.csv") as f:  # history.csv counts steps done: 1..STEPS
+        history_steps = [int(r["step"]) for r in csv.DictReader(f) if r["key"] == "train/loss"]
+    assert history_steps == list(range(1, STEPS + 1))
     got, ref = final_state(run), final_state(reference)
     assert got["global_step"] == ref["global_step"] == STEPS
     assert got["lr_schedulers"][0]["last_epoch"] == STEPS
