@@ -6,6 +6,7 @@ import lightning as L
 import pytest
 import torch
 from lightning.fabric.plugins.io import torch_io
+from test_data import make_dm
 
 from sr_lightning.callbacks import AtomicCheckpointIO, DivergenceError, DivergenceGuard
 
@@ -51,20 +52,17 @@ class BlowUpAt(L.Callback):
 def tiny_fit(tmp_path, data_root, cache_dir, callbacks: list, max_steps: int = 20):
     from lightning.pytorch.callbacks import ModelCheckpoint
 
-    from sr_lightning.data.datamodule import SRDataModule
     from sr_lightning.lit_module import SRLitModule
     from sr_lightning.models import EDSR
 
-    dm = SRDataModule(
-        root=str(data_root),
-        train_set=str(data_root / "benchmark" / "Set5" / "HR"),
-        val_sets=[],
-        benchmarks=[],
+    dm = make_dm(
+        data_root,
+        cache_dir,
         patch_size=12,
         batch_size=2,
-        num_workers=0,
+        val_sets=[],
+        benchmarks=[],
         updates_per_epoch=max_steps,
-        cache_dir=str(cache_dir),
     )
     every_2 = ModelCheckpoint(
         dirpath=tmp_path, filename="step{step}", every_n_train_steps=2, save_top_k=-1

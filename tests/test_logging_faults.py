@@ -203,9 +203,9 @@ def test_disk_full_logs_are_reported_and_training_goes_on(
     ENOSPC from the kernel); W&B media files fail with ENOSPC. Checkpoints are on a good disk."""
     import lightning as L
     from lightning.pytorch.callbacks import ModelCheckpoint
+    from test_data import make_dm
 
     from sr_lightning.callbacks import AtomicCheckpointIO, MetricHistory
-    from sr_lightning.data.datamodule import SRDataModule
     from sr_lightning.lit_module import SRLitModule
     from sr_lightning.loggers import CSVLogger
     from sr_lightning.models import EDSR
@@ -223,19 +223,7 @@ def test_disk_full_logs_are_reported_and_training_goes_on(
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), path)
 
     monkeypatch.setattr(clean_wandb, "Image", image_on_full_disk)
-    dm = SRDataModule(
-        root=str(data_root),
-        scales=[2],
-        patch_size=12,
-        batch_size=2,
-        num_workers=0,
-        train_set=str(data_root / "benchmark" / "Set5" / "HR"),
-        val_sets=["Set5"],
-        benchmarks=["Set5"],
-        updates_per_epoch=3,
-        cache_dir=str(cache_dir),
-        pin_memory=False,
-    )
+    dm = make_dm(data_root, cache_dir, patch_size=12, batch_size=2, updates_per_epoch=3)
     module = SRLitModule(EDSR(scale=2, n_resblocks=1, n_feats=8), n_image_panels=2)
     wandb_logger = WandbLogger(project="faults", save_dir=str(run), mode="offline")
     csv_logger = CSVLogger(save_dir=str(run), name="csv", version="", flush_logs_every_n_steps=1)

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from test_train import REPO, ckpt_step, train
+from test_train import REPO, ckpt_step, tiny_args, train
 
 pytestmark = pytest.mark.slow
 
@@ -23,19 +23,12 @@ STEPS, EVERY = 24, 4  # 3 epochs of 8 updates; a step checkpoint every 4 updates
 
 def args(cache_dir: Path, run: Path) -> list[str]:
     return [
-        "experiment=quickstart",
-        "model.n_resblocks=1",
-        "model.n_feats=8",
-        "data.patch_size=12",
-        "data.batch_size=2",
+        *tiny_args(cache_dir),  # later overrides win
         "data.num_workers=1",  # a worker process, killed by the same signal as under SLURM
         "data.updates_per_epoch=8",
         "trainer.max_epochs=3",
-        "trainer.log_every_n_steps=1",
         f"callbacks.step_checkpoint.every_n_train_steps={EVERY}",
-        "~callbacks.progress_bar",
         "test_after_fit=false",
-        f"data.cache_dir={cache_dir}",
         f"hydra.run.dir={run}",
     ]
 

@@ -25,7 +25,7 @@ import subprocess
 import tempfile
 import time
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import lightning as L
@@ -286,7 +286,6 @@ class Row:
     flops: int
     peak: float
     plain: float | None = None  # median step time of the plain step, for the speed-up
-    notes: list[str] = field(default_factory=list)
 
     @property
     def step(self) -> float:

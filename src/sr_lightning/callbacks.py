@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
 import time
@@ -14,7 +13,7 @@ import torch
 from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 from lightning.pytorch.loggers import CSVLogger
 
-from .loggers import WriteErrors
+from .loggers import WriteErrors, truncate_quietly
 
 log = logging.getLogger(__name__)
 
@@ -151,8 +150,7 @@ class MetricHistory(L.Callback):
                 for key, value in rows.items():
                     f.write(f"{trainer.global_step},{key},{value!r}\n")
         except OSError as e:
-            with contextlib.suppress(OSError):
-                os.truncate(self.path, size)
+            truncate_quietly(self.path, size)
             self.write_errors.report(e, self.path)
 
     def state_dict(self) -> dict:  # in the checkpoint: a resumed run keeps its best values

@@ -120,10 +120,14 @@ class SRLitModule(L.LightningModule):
         self.test_rows: list[dict] = []
 
     # ---- helpers ------------------------------------------------------------------------
+    def memory_format(self, lr: torch.Tensor) -> torch.Tensor:
+        """The network's input layout: NHWC with ``model.channels_last``."""
+        return (
+            lr.contiguous(memory_format=torch.channels_last) if self.hparams.channels_last else lr
+        )
+
     def forward(self, lr: torch.Tensor, scale: int) -> torch.Tensor:
-        if self.hparams.channels_last:
-            lr = lr.contiguous(memory_format=torch.channels_last)
-        return self.net(lr, scale)
+        return self.net(self.memory_format(lr), scale)
 
     def to_float(self, img: torch.Tensor) -> torch.Tensor:
         return img.float() * (self.hparams.rgb_range / 255.0)
@@ -141,9 +145,7 @@ class SRLitModule(L.LightningModule):
     # ---- training -----------------------------------------------------------------------
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
         lr, hr = self.to_float(batch["lr"]), self.to_float(batch["hr"])
-        if self.hparams.channels_last:
-            lr = lr.contiguous(memory_format=torch.channels_last)
-        sr = self._train_forward(lr, batch["scale"])
+        sr = self._train_forward(self.memory_format(lr), batch["scale"])
         loss = self.loss_fn(sr.float(), hr)
         # loggers read the value every log_every_n_steps; the progress bar would read it (a
         # host-device sync) every step, so it gets it only at logging steps

@@ -59,7 +59,7 @@ class WriteErrors:
         )
 
 
-def _truncate(path: str | os.PathLike, size: int) -> None:
+def truncate_quietly(path: str | os.PathLike, size: int) -> None:
     """Cut a partly appended write off ``path`` (best effort: needs no free space)."""
     with contextlib.suppress(OSError):
         os.truncate(path, size)
@@ -112,7 +112,7 @@ class _AppendingWriter(ExperimentWriter):
             try:
                 self._write(path, "w", self.metrics_keys, self.metrics, header=True)
             except OSError:
-                _truncate(path, 0)
+                truncate_quietly(path, 0)
                 raise
         elif new_keys:  # the header changes: rewrite the whole file, atomically
             self.metrics_keys = sorted(known | new_keys)
@@ -130,7 +130,7 @@ class _AppendingWriter(ExperimentWriter):
             try:
                 self._write(path, "a", header, self.metrics, header=False)
             except OSError:
-                _truncate(path, size)
+                truncate_quietly(path, size)
                 raise
 
     @staticmethod
