@@ -1,13 +1,9 @@
 """Evaluate a model on the SR benchmarks: ``python eval.py model=bicubic data.root=DIR``."""
 
-import os
-from pathlib import Path
-
 import hydra
 from omegaconf import DictConfig
 
-os.environ.setdefault("PROJECT_ROOT", str(Path(__file__).resolve().parent))
-import sr_lightning.cli  # noqa: E402  (registers the config resolvers)
+import sr_lightning.cli
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="eval")

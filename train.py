@@ -1,13 +1,9 @@
-"""Train EDSR / MDSR: ``python train.py model=mdsr data.scales=[2,3,4] trainer.devices=4``."""
-
-import os
-from pathlib import Path
+"""Train EDSR / MDSR: ``python train.py model=mdsr trainer.devices=4``."""
 
 import hydra
 from omegaconf import DictConfig
 
-os.environ.setdefault("PROJECT_ROOT", str(Path(__file__).resolve().parent))
-import sr_lightning.cli  # noqa: E402,F401  (registers the config resolvers)
+import sr_lightning.cli
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="train")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 
 import pytest
@@ -11,7 +12,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from sr_lightning import bench
 from sr_lightning.lit_module import CompiledOrEager
-from sr_lightning.models import EDSR, MDSR
+from sr_lightning.models import EDSR, MDSR, PRESETS
 
 
 def test_edsr_baseline_step_flops_by_hand():
@@ -47,7 +48,8 @@ def test_matmul_peak_is_a_plausible_rate():
 
 
 def test_plain_and_our_steps_run_and_the_table_is_appended(tmp_path, monkeypatch, data_root):
-    monkeypatch.setitem(bench.PRESETS, "edsr_baseline", {"n_resblocks": 1, "n_feats": 8})
+    tiny = dataclasses.replace(PRESETS["edsr_baseline"], n_resblocks=1, n_feats=8)
+    monkeypatch.setitem(PRESETS, "edsr_baseline", tiny)
     out = tmp_path / "BENCHMARKS.md"
     out.write_text("# Benchmarks\n")
     text = bench.main(

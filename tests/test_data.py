@@ -220,7 +220,8 @@ def test_bad_layouts_are_named(tmp_path):
     [
         ("patch_size", 0, "data.patch_size=0 must be a positive integer"),
         ("batch_size", -1, "data.batch_size=-1"),
-        ("scales", [5], r"data.scales=\[5\]: allowed values"),
+        ("scales", [1], r"data.scales=\[1\] must be a non-empty list of scales >= 2"),
+        ("protocol", "matlab", r"data.protocol='matlab': allowed values are \('auto', "),
     ],
 )
 def test_bad_config_values_name_the_key(tmp_path, key, value, match):

@@ -7,8 +7,9 @@ import torch
 import torch.nn.functional as F
 
 from sr_lightning.data.datasets import benchmark_pairs
-from sr_lightning.data.degradation import bicubic_downscale, cubic, imresize, modcrop
+from sr_lightning.data.degradation import bicubic_downscale, modcrop
 from sr_lightning.data.io import load_image
+from sr_lightning.resize import cubic, imresize
 
 
 @pytest.mark.parametrize("name", ["Set5", "Set14"])

@@ -81,7 +81,7 @@ def test_eval_cli_writes_table_and_json(data_root, tmp_path):
         timeout=300,
     )
     assert proc.returncode == 0, proc.stderr
-    assert "| Set5 | x2 | 33.67 / 0.9303 |" in proc.stdout
+    assert "| Set5 | x2 | Y, border 2, LR file | 33.67 / 0.9303 |" in proc.stdout
     rows = json.loads(out.read_text())
     assert rows[0] == {
         "dataset": "Set5",
@@ -91,6 +91,7 @@ def test_eval_cli_writes_table_and_json(data_root, tmp_path):
         "model": "bicubic",
         "self_ensemble": False,
         "n_images": 5,
+        "protocol": {"channels": "y", "border": 2, "lr_source": "file"},
     }
     assert [r["scale"] for r in rows] == [2, 4]
 
@@ -119,7 +120,7 @@ def test_checkpoint_loading_is_strict_and_safe(tmp_path):
     with pytest.raises(ValueError, match=r"does not fit this EDSR.*another shape"):
         load_weights(EDSR(scale=4, n_resblocks=2, n_feats=8), path)
     (tmp_path / "junk.pt").write_bytes(b"not a checkpoint")
-    with pytest.raises(ValueError, match="not a loadable checkpoint"):
+    with pytest.raises(ValueError, match="not a checkpoint"):
         load_weights(model, tmp_path / "junk.pt")
 
 

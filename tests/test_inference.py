@@ -4,8 +4,15 @@ from __future__ import annotations
 
 import torch
 
-from sr_lightning.inference import dihedral, dihedral_inverse, self_ensemble, tiled_forward
-from sr_lightning.lit_module import SRLitModule, init_from_checkpoint, receptive_radius
+from sr_lightning.checkpoint import init_from_checkpoint
+from sr_lightning.inference import (
+    dihedral,
+    dihedral_inverse,
+    receptive_radius,
+    self_ensemble,
+    tiled_forward,
+)
+from sr_lightning.lit_module import SRLitModule
 from sr_lightning.models import EDSR
 
 

@@ -61,8 +61,8 @@ def test_train_falls_back_to_offline_when_wandb_is_unreachable(tmp_path):
     args = [
         "experiment=smoke",
         "logger=wandb",
-        "model.n_resblocks=1",
-        "model.n_feats=8",
+        "model.net.n_resblocks=1",
+        "model.net.n_feats=8",
         "data.patch_size=12",
         "data.batch_size=2",
         "data.updates_per_epoch=3",

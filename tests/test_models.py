@@ -147,7 +147,7 @@ def test_bad_inputs_are_named():
         EDSR(scale=5)
     with pytest.raises(ValueError, match=r"MDSR scale=8 .*allowed"):
         MDSR(scales=(2, 8))
-    with pytest.raises(ValueError, match=r"model.norm='layer'.*allowed values"):
+    with pytest.raises(ValueError, match=r"model.net.norm='layer'.*allowed values"):
         EDSR(norm="layer")
     with pytest.raises(ValueError, match="built for x2, asked for x3"):
         EDSR(scale=2, n_resblocks=1, n_feats=8)(torch.zeros(1, 3, 4, 4), 3)

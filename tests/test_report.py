@@ -18,7 +18,11 @@ DIVERGED, MISSING = 1, 3  # job numbers
 def write_job(sweep: Path, i: int, norm: str, res_scale: str) -> None:
     job = sweep / str(i)
     (job / ".hydra").mkdir(parents=True)
-    overrides = [f"model.norm={norm}", f"model.res_scale={res_scale}", "trainer.max_steps=10"]
+    overrides = [
+        f"model.net.norm={norm}",
+        f"model.net.res_scale={res_scale}",
+        "trainer.max_steps=10",
+    ]
     (job / ".hydra" / "overrides.yaml").write_text("".join(f"- {o}\n" for o in overrides))
     if i == MISSING:  # crashed before writing summary.json (and with an empty history)
         (job / "history.csv").write_text("")
@@ -77,8 +81,8 @@ def test_markdown_table(sweep):
     header, *rows = table_rows(md)
     assert header == [
         "job",
-        "model.norm",
-        "model.res_scale",
+        "model.net.norm",
+        "model.net.res_scale",
         "params",
         "steps",
         "wall time",
@@ -92,8 +96,8 @@ def test_markdown_table(sweep):
     by_job = {r[0]: dict(zip(header, r, strict=True)) for r in rows}
     assert by_job["0"] == {
         "job": "0",
-        "model.norm": "batch",
-        "model.res_scale": "1.0",
+        "model.net.norm": "batch",
+        "model.net.res_scale": "1.0",
         "params": "1,234,567",
         "steps": "10",
         "wall time": "4.5 min",
@@ -108,8 +112,8 @@ def test_markdown_table(sweep):
     assert by_job["3"] == {
         **dict.fromkeys(header, "-"),
         "job": "3",
-        "model.norm": "none",
-        "model.res_scale": "0.1",
+        "model.net.norm": "none",
+        "model.net.res_scale": "0.1",
         "diverged": "no",
         "status": "failed",
     }
@@ -135,8 +139,8 @@ def test_csv_and_report_object(sweep, tmp_path):
     assert len(rows) == 4
     assert list(rows[0]) == [
         "job",
-        "model.norm",
-        "model.res_scale",
+        "model.net.norm",
+        "model.net.res_scale",
         "params",
         "steps",
         "wall_time_s",
@@ -173,7 +177,7 @@ def test_single_job_shows_all_overrides(sweep):
             p.rmdir() if p.is_dir() else p.unlink()
         (sweep / str(i)).rmdir()
     report = build_report(sweep)
-    assert report.columns[1:4] == ["model.norm", "model.res_scale", "trainer.max_steps"]
+    assert report.columns[1:4] == ["model.net.norm", "model.net.res_scale", "trainer.max_steps"]
 
 
 def test_main(sweep, tmp_path, capsys):

@@ -29,8 +29,8 @@ def multirun(sweep_dir: Path, cache: Path, *overrides: str) -> subprocess.Comple
         "-m",
         f"hydra.sweep.dir={sweep_dir}",
         f"data.cache_dir={cache}",
-        "model.n_resblocks=1",
-        "model.n_feats=8",
+        "model.net.n_resblocks=1",
+        "model.net.n_feats=8",
         "data.patch_size=12",
         "data.updates_per_epoch=10",
         "trainer.max_epochs=2",
@@ -50,14 +50,16 @@ def summaries(sweep_dir: Path) -> list[dict]:
 
 def test_2x2_smoke_sweep_and_report(tmp_path, cache):
     sweep = tmp_path / "sweep"
-    multirun(sweep, cache, "experiment=smoke", "model.norm=batch,none", "model.res_scale=1.0,0.1")
+    multirun(
+        sweep, cache, "experiment=smoke", "model.net.norm=batch,none", "model.net.res_scale=1.0,0.1"
+    )
     assert [s["status"] for s in summaries(sweep)] == ["completed"] * 4
     assert report_main([str(sweep)]) == 0
     table = [
         line for line in (sweep / "report.md").read_text().splitlines() if line.startswith("| ")
     ]
     assert len(table) == 1 + 4  # header + one row per job
-    assert "model.norm" in table[0] and "model.res_scale" in table[0]
+    assert "model.net.norm" in table[0] and "model.net.res_scale" in table[0]
     assert (sweep / "report.csv").is_file()
     assert (sweep / "val_psnr.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 

@@ -19,8 +19,8 @@ pytestmark = pytest.mark.slow
 def tiny_args(cache_dir: Path) -> list[str]:
     return [
         "experiment=quickstart",
-        "model.n_resblocks=1",
-        "model.n_feats=8",
+        "model.net.n_resblocks=1",
+        "model.net.n_feats=8",
         "data.patch_size=12",
         "data.batch_size=2",
         "data.num_workers=0",
@@ -63,7 +63,7 @@ def test_train_end_to_end_writes_results_and_checkpoints(tmp_path, sample_cache)
     run = tmp_path / "run"
     proc = train([*tiny_args(sample_cache), f"hydra.run.dir={run}", "optim.loss=l2"])
     rows = json.loads((run / "results.json").read_text())
-    assert {r["model"] for r in rows} == {"edsr_baseline", "bicubic"}
+    assert {r["model"] for r in rows} == {"edsr 1x8", "bicubic"}  # named by what it is
     assert all(r["dataset"] == "sample" and r["scale"] == 2 and r["n_images"] == 2 for r in rows)
     assert "| sample | x2 |" in proc.stdout
     ckpts = {p.name for p in (run / "checkpoints").glob("*.ckpt")}
@@ -108,7 +108,7 @@ def test_ddp_cpu_single_run_scores_each_image_once(tmp_path, sample_cache):
     assert (run / "checkpoints" / "last.ckpt").is_file()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["run", "three"]
     rows = json.loads((run / "results.json").read_text())
-    ddp = next(r for r in rows if r["model"] == "edsr_baseline")
+    ddp = next(r for r in rows if r["model"] != "bicubic")
     assert ddp["n_images"] == 3
     best = next((run / "checkpoints").glob("best-*.ckpt"))
     net = load_weights(EDSR(scale=2, n_resblocks=1, n_feats=8), best)
@@ -180,8 +180,8 @@ def test_mdsr_trains_on_mixed_scales_under_ddp(tmp_path, sample_cache):
             *tiny_args(sample_cache),
             f"hydra.run.dir={run}",
             "model=mdsr_baseline",
-            "model.n_resblocks=1",
-            "model.n_feats=8",
+            "model.net.n_resblocks=1",
+            "model.net.n_feats=8",
             "data.scales=[2,3]",
             "data.updates_per_epoch=6",
             "trainer.max_epochs=1",
@@ -193,8 +193,8 @@ def test_mdsr_trains_on_mixed_scales_under_ddp(tmp_path, sample_cache):
     assert sorted((r["model"], r["scale"]) for r in rows) == [
         ("bicubic", 2),
         ("bicubic", 3),
-        ("mdsr_baseline", 2),
-        ("mdsr_baseline", 3),
+        ("mdsr 1x8", 2),
+        ("mdsr 1x8", 3),
     ]
 
 
@@ -205,10 +205,12 @@ def test_mdsr_trains_on_mixed_scales_under_ddp(tmp_path, sample_cache):
         (["model=mdsr_baseline", "data.scales=[2,8]"], "MDSR scale=8 is not supported"),
         (["data.patch_size=0"], "data.patch_size=0 must be a positive integer"),
         (
-            ["+data.global_batch_size=5", "trainer=ddp_cpu"],
-            "data.global_batch_size=5 is not divisible",
+            ["data.batch_size=5", "trainer=ddp_cpu"],
+            "data.batch_size=5 (the global batch) is not divisible by trainer.devices x "
+            "trainer.num_nodes = 2",
         ),
-        (["model.norm=layer"], "model.norm='layer' is not supported"),
+        (["model.net.norm=layer"], "model.net.norm='layer' is not supported"),
+        (["model=bicubic"], "model=bicubic has nothing to train"),
     ],
 )
 def test_bad_config_fails_before_training(tmp_path, sample_cache, override, message):

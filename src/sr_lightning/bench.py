@@ -33,14 +33,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .models import EDSR
+from .models import build_net
 
 REPO = Path(__file__).resolve().parents[2]
-# network sizes of the paper's Table 1
-PRESETS = {
-    "edsr_baseline": {"n_resblocks": 16, "n_feats": 64, "res_scale": 1.0},
-    "edsr": {"n_resblocks": 32, "n_feats": 256, "res_scale": 0.1},
-}
+MODELS = ("edsr_baseline", "edsr")  # presets of the model catalogue (paper Table 1)
 
 
 # ---- the machine's peak -------------------------------------------------------------------
@@ -96,7 +92,7 @@ def train_step_flops(net: nn.Module, batch: int, patch: int, scale: int) -> int:
 # ---- the plain step (the reference's way) ----------------------------------------------------
 def make_net(model: str, scale: int = 2) -> nn.Module:
     torch.manual_seed(0)
-    return EDSR(scale=scale, **PRESETS[model])
+    return build_net(model, [scale])
 
 
 def host_batches(
@@ -166,7 +162,6 @@ def compose_train_config(overrides: list[str]):
     from hydra import compose, initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
 
-    os.environ.setdefault("PROJECT_ROOT", str(REPO))
     GlobalHydra.instance().clear()
     with initialize_config_dir(str(REPO / "conf"), version_base="1.3"):
         return compose("train", overrides=overrides)
@@ -376,7 +371,7 @@ def variants(device: str) -> dict[str, list[str]]:
 def main(argv: list[str] | None = None) -> str:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--models", nargs="+", default=list(PRESETS))
+    parser.add_argument("--models", nargs="+", default=list(MODELS))
     parser.add_argument("--steps", type=int, default=20, help="timed steps per mode")
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--batch", type=int, default=16)

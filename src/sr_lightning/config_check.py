@@ -17,11 +17,8 @@ of the configs. The allowed keys of each node are:
   ``logger.wandb.mode`` is valid) or the target is a function with ``**kwargs``, any key is
   accepted, and one that is a close match of a named parameter (``projct`` for ``project``)
   only logs a warning;
-- ``model``: the network's parameters plus ``cli.MODULE_OPTIONS`` (keys that
-  ``cli.run_train`` gives to :class:`~sr_lightning.lit_module.SRLitModule` instead);
-- ``optim`` (no ``_target_``; ``SRLitModule(net, **optim, **module_options)``): the parameters
-  of ``SRLitModule`` except ``net`` and the module options;
-- ``data`` under ``train.py`` also ``global_batch_size`` (read by ``cli.validate_train_config``);
+- ``optim`` (no ``_target_``; the LitModule's ``optim`` argument): the fields of
+  :class:`~sr_lightning.lit_module.OptimRecipe`;
 - the top level: the keys of the primary config file (``train.yaml`` / ``eval.yaml``, found in
   Hydra's config search path) and the packages of the groups in its defaults list (``hydra``
   aside, which Hydra checks itself);
@@ -48,8 +45,7 @@ log = logging.getLogger(__name__)
 REPO_CONF = Path(__file__).resolve().parents[2] / "conf"
 HYDRA_KEYS = ("_target_", "_partial_", "_args_", "_recursive_", "_convert_")
 NAMED_GROUPS = ("logger", "callbacks")  # named entries, each instantiated by its _target_
-# keys the entry points read themselves, passed to no class
-CLI_KEYS = {"train": {"data": ("global_batch_size",)}, "eval": {}}
+KINDS = ("train", "eval")  # the entry points
 
 
 class ConfigKeyError(ValueError):
@@ -67,8 +63,11 @@ def _suggest(key: str, allowed: Iterable[str], cutoff: float = 0.6) -> str:
     return f"; did you mean {match[0]!r}?" if match else "."
 
 
-def _unknown(path: str, key: str, what: str, where: str, allowed: list[str]) -> str:
-    suggestion = _suggest(key, allowed)
+def _unknown(
+    path: str, key: str, what: str, where: str, allowed: list[str], more: Iterable[str] = ()
+) -> str:
+    """One problem line; ``more`` widens the did-you-mean pool (e.g. ``net.n_resblocks``)."""
+    suggestion = _suggest(key, [*allowed, *more])
     names = ", ".join(allowed) or "(none)"
     return f"{path}: unknown key {what}{where}{suggestion} allowed: {names}"
 
@@ -187,13 +186,12 @@ def _params(obj: Any) -> tuple[list[str], bool]:
 
 class _Checker:
     def __init__(self, cfg: DictConfig, kind: str):
-        from .cli import MODULE_OPTIONS
-        from .lit_module import SRLitModule
+        from dataclasses import fields
+
+        from .lit_module import OptimRecipe
 
         self.cfg, self.kind, self.problems = cfg, kind, []
-        self.module_options = list(MODULE_OPTIONS)
-        lit, _ = _params(SRLitModule)
-        self.optim_keys = [k for k in lit if k != "net" and k not in MODULE_OPTIONS]
+        self.optim_keys = [f.name for f in fields(OptimRecipe)]
         self.dirs = _config_dirs(cfg)
         self.choices = dict(_hydra_node(cfg, "choices") or {})
         config_name = OmegaConf.select(cfg, "hydra.job.config_name", default=None)
@@ -230,7 +228,7 @@ class _Checker:
                 continue
             if key == "optim":
                 where = self.where(key)
-                what = "for sr_lightning.lit_module.SRLitModule(**optim)"
+                what = "for sr_lightning.lit_module.OptimRecipe"
                 self.check_keys(key, node, self.optim_keys, what, where)
             elif key in NAMED_GROUPS:
                 for name, entry in node.items():
@@ -243,10 +241,7 @@ class _Checker:
                             f"{_suggest(name, named)} entries: {', '.join(named)}"
                         )
             elif "_target_" in node or key in ("data", "model", "trainer"):
-                extra = CLI_KEYS[self.kind].get(key, ())
-                if key == "model":
-                    extra = self.module_options
-                self.target(key, node, key, extra)
+                self.target(key, node, key)
             else:
                 allowed = _group_keys(self.dirs, key)
                 if allowed:
@@ -258,7 +253,7 @@ class _Checker:
             if key not in allowed:
                 self.problems.append(_unknown(f"{path}.{key}", key, what, where, allowed))
 
-    def target(self, path: str, node: dict, group: str, extra: Iterable[str] = ()) -> None:
+    def target(self, path: str, node: dict, group: str) -> None:
         """Check a ``_target_`` node against its signature, then any nested ``_target_``."""
         where = self.where(group)
         target = node.get("_target_")
@@ -272,13 +267,21 @@ class _Checker:
             self.problems.append(f"{path}._target_{where}: {error}")
             return
         params, var_kw = _params(obj)
-        allowed = params + [k for k in extra if k not in params]
+        allowed = params
+        # a key one level too high (model.n_resblocks for model.net.n_resblocks) gets the
+        # nested node's key as its did-you-mean
+        deeper = [
+            f"{k}.{p}"
+            for k, v in node.items()
+            if isinstance(v, dict) and isinstance(v.get("_target_"), str)
+            for p in _params(_resolve(v["_target_"])[0])[0]
+        ]
         for key in node:
             if key in allowed or key in HYDRA_KEYS:
                 continue
             if not var_kw:
                 self.problems.append(
-                    _unknown(f"{path}.{key}", key, f"for {target}", where, allowed)
+                    _unknown(f"{path}.{key}", key, f"for {target}", where, allowed, deeper)
                 )
             elif (hint := _suggest(key, params, cutoff=0.8)) != ".":
                 log.warning("%s.%s: passed to %s as **kwargs%s", path, key, target, hint)
@@ -300,8 +303,8 @@ class _Checker:
 def check_keys(cfg: DictConfig, kind: str = "train") -> None:
     """Raise :class:`ConfigKeyError` naming every unknown key of ``cfg`` (``kind``: the entry
     point, ``"train"`` or ``"eval"``). Values are not resolved, only keys are looked at."""
-    if kind not in CLI_KEYS:
-        raise ValueError(f"kind={kind!r}: expected one of {list(CLI_KEYS)}")
+    if kind not in KINDS:
+        raise ValueError(f"kind={kind!r}: expected one of {list(KINDS)}")
     tree = OmegaConf.to_container(cfg, resolve=False)
     checker = _Checker(cfg, kind)
     checker.run(tree)

@@ -1,24 +1,51 @@
-"""Benchmark evaluation: paper-style table (rows set x scale, PSNR / SSIM) and JSON results."""
+"""Evaluation: the one path every reported PSNR/SSIM takes, and the result rows it produces.
+
+Validation, ``train.py``'s test of the best checkpoint, ``eval.py`` and the bicubic rows all run
+Lightning's test loop over :class:`~sr_lightning.lit_module.SRLitModule`: whole images through
+:func:`~sr_lightning.inference.super_resolve` (fp32, autocast and TF32 off, exact tiles, fp32
+self-ensemble), scored by :class:`~sr_lightning.metrics.SRMetrics` under each set's protocol
+(``data/datasets.py``: benchmarks Y with border = scale, DIV2K RGB with border = scale + 6).
+A result row::
+
+    {"dataset", "scale", "model", "self_ensemble", "psnr", "ssim", "n_images",
+     "protocol": {"channels": "y"|"rgb", "border": int, "lr_source": "file"|"imresize"|"mixed"}}
+
+Tables put rows side by side only when their protocols are equal.
+"""
 
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
-import torch
+import lightning as L
 from torch import nn
 
-from .data.datasets import eval_dataset
-from .inference import self_ensemble as ensemble_forward
-from .inference import tiled_forward
-from .metrics import SRMetrics
+from .data.datamodule import SRDataModule
+from .lit_module import EvalResult, SRLitModule
+from .protocol import Protocol
+
+log = logging.getLogger(__name__)
 
 
-def pick_device(device: str = "auto") -> torch.device:
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
+def result_rows(results: Sequence[EvalResult], model: str, self_ensemble: bool) -> list[dict]:
+    """The JSON rows of evaluation results (the format of results.json and eval.py)."""
+    return [
+        {
+            "dataset": r.dataset,
+            "scale": r.scale,
+            "model": model,
+            "self_ensemble": bool(self_ensemble),
+            "psnr": round(r.psnr, 4),
+            "ssim": round(r.ssim, 5),
+            "n_images": r.n_images,
+            "protocol": r.protocol.as_dict(),
+        }
+        for r in results
+    ]
 
 
 def check_scales(model: nn.Module, scales: Sequence[int]) -> None:
@@ -27,11 +54,42 @@ def check_scales(model: nn.Module, scales: Sequence[int]) -> None:
     if missing:
         raise ValueError(
             f"data.scales={list(scales)}: the model supports only x{list(model.scales)} "
-            f"(missing {missing}); set model.scale / model.scales or change data.scales"
+            f"(missing {missing}); set model.net.scales / data.scales accordingly"
         )
 
 
-@torch.inference_mode()
+def test_rows(
+    trainer: L.Trainer,
+    module: SRLitModule,
+    datamodule: SRDataModule,
+    model_name: str,
+    ckpt_path: str | None = None,
+) -> list[dict]:
+    """Run ``trainer.test`` (on every rank under DDP) and return the rows (the same on all)."""
+    trainer.test(module, datamodule=datamodule, ckpt_path=ckpt_path, verbose=False)
+    return result_rows(module.test_results, model_name, module.hparams.self_ensemble)
+
+
+def trainer_for(device: str = "auto", progress: bool = False) -> L.Trainer:
+    """A one-process fp32 trainer for evaluation (``device``: auto, cpu, cuda, cuda:N)."""
+    if device == "auto":
+        accelerator, devices = "auto", 1
+    elif device.startswith("cuda"):
+        index = device.partition(":")[2]
+        accelerator, devices = "gpu", [int(index)] if index else 1
+    else:
+        accelerator, devices = device, 1
+    return L.Trainer(
+        accelerator=accelerator,
+        devices=devices,
+        precision="32-true",
+        logger=False,
+        enable_checkpointing=False,
+        enable_model_summary=False,
+        enable_progress_bar=progress,
+    )
+
+
 def evaluate(
     model: nn.Module,
     root: str | Path,
@@ -40,61 +98,60 @@ def evaluate(
     *,
     model_name: str,
     self_ensemble: bool = False,
-    device: str | torch.device = "auto",
+    device: str = "auto",
     tile: int = 0,
-    tile_overlap: int = 32,
+    tile_overlap: int | None = None,
     cache_dir: str | Path | None = None,
     div2k_range: tuple[int, int] = (801, 810),
-    rgb_range: float = 255.0,
+    protocol: str = "auto",
+    num_workers: int = 0,
+    progress: bool = False,
 ) -> list[dict]:
-    """Score ``model`` on every (set, scale); one result row per pair, in the JSON format."""
+    """Score ``model`` on every (set, scale) of ``benchmarks`` x ``scales``; one row each."""
     check_scales(model, scales)
-    device = pick_device(device) if isinstance(device, str) else device
-    model = model.to(device).eval()
-    rows = []
-    for name in benchmarks:
-        for scale in scales:
-            data = eval_dataset(root, name, scale, cache_dir, tuple(div2k_range))
-            metric = SRMetrics(scale, rgb_range, sync_on_compute=False).to(device)
+    datamodule = SRDataModule(
+        root=str(root),
+        scales=list(scales),
+        benchmarks=list(benchmarks),
+        val_sets=[],
+        num_workers=num_workers,
+        cache_dir=str(cache_dir) if cache_dir else None,
+        div2k_val_range=tuple(div2k_range),
+        protocol=protocol,
+    )
+    module = SRLitModule(
+        model, self_ensemble=self_ensemble, val_tile=tile, val_tile_overlap=tile_overlap
+    )
+    return test_rows(trainer_for(device, progress), module, datamodule, model_name)
 
-            def forward(x: torch.Tensor, scale: int = scale) -> torch.Tensor:
-                return tiled_forward(lambda t: model(t, scale), x, scale, tile, tile_overlap)
 
-            for item in data:
-                lr = item["lr"][None].to(device, torch.float32) * (rgb_range / 255.0)
-                sr = ensemble_forward(forward, lr) if self_ensemble else forward(lr)
-                metric.update(sr, item["hr"][None].to(device), item["gray"])
-            result = metric.compute()
-            rows.append(
-                {
-                    "dataset": name,
-                    "scale": scale,
-                    "psnr": round(result["psnr"].item(), 4),
-                    "ssim": round(result["ssim"].item(), 5),
-                    "model": model_name,
-                    "self_ensemble": self_ensemble,
-                    "n_images": int(result["count"].item()),
-                }
-            )
-    return rows
+def protocol_label(row: dict[str, Any]) -> str:
+    return Protocol.from_dict(row["protocol"]).label
 
 
 def format_table(rows: Sequence[dict]) -> str:
-    """Markdown table, one row per (set, scale), one column per model: ``PSNR / SSIM``."""
+    """Markdown table, one row per (set, scale, protocol), one column per model:
+    ``PSNR / SSIM``. Rows scored under different protocols never share a line."""
     models = list(dict.fromkeys(r["model"] + ("+" if r["self_ensemble"] else "") for r in rows))
-    cells: dict[tuple[str, int], dict[str, str]] = {}
+    cells: dict[tuple[str, int, str], dict[str, str]] = {}
     for r in rows:
         key = r["model"] + ("+" if r["self_ensemble"] else "")
-        cells.setdefault((r["dataset"], r["scale"]), {})[key] = f"{r['psnr']:.2f} / {r['ssim']:.4f}"
-    lines = ["| set | scale | " + " | ".join(models) + " |", "|---|---|" + "---|" * len(models)]
-    for (name, scale), by_model in cells.items():
+        line = (r["dataset"], r["scale"], protocol_label(r))
+        cells.setdefault(line, {})[key] = f"{r['psnr']:.2f} / {r['ssim']:.4f}"
+    lines = [
+        "| set | scale | protocol | " + " | ".join(models) + " |",
+        "|---|---|---|" + "---|" * len(models),
+    ]
+    for (name, scale, label), by_model in cells.items():
         vals = " | ".join(by_model.get(m, "-") for m in models)
-        lines.append(f"| {name} | x{scale} | {vals} |")
+        lines.append(f"| {name} | x{scale} | {label} | {vals} |")
     return "\n".join(lines)
 
 
 def write_results(rows: Sequence[dict], path: str | Path) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(list(rows), indent=2) + "\n")
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(list(rows), indent=2) + "\n")
+    tmp.replace(path)
     return path

@@ -6,9 +6,9 @@ one output ``sr`` (N, 3, H*s, W*s), with batch, height and width dynamic by defa
     python -m sr_lightning.export --model edsr_baseline --scale 2 --weights edsr_x2.pt \\
         --format onnx --out edsr_x2.onnx
 
-``--model`` picks a preset (``--n-resblocks``/``--n-feats``/``--res-scale`` override it); left
-out, the network is read off the shapes in ``--weights``. ONNX needs the ``export`` extra
-(``onnx``, ``onnxruntime``).
+``--model`` picks a preset of the model catalogue (``--n-resblocks``/``--n-feats``/``--res-scale``
+override it); left out, the network is rebuilt from ``--weights`` (its record, or its shapes).
+ONNX needs the ``export`` extra (``onnx``, ``onnxruntime``).
 """
 
 from __future__ import annotations
@@ -24,17 +24,13 @@ from typing import Literal
 import torch
 from torch import nn
 
-from .checkpoint import load_state_dict, load_weights, model_from_state_dict
+from .checkpoint import load_network, load_weights
+from .models.catalogue import PRESETS as CATALOGUE
+from .models.catalogue import build_net
 
 FORMATS = ("onnx", "torchscript", "exported")
 SUFFIXES = {"onnx": ".onnx", "torchscript": ".pt", "exported": ".pt2"}
-# name -> (class, n_resblocks, n_feats, res_scale), as conf/model/*.yaml (paper Table 1).
-PRESETS: dict[str, tuple[str, int, int, float]] = {
-    "edsr_baseline": ("EDSR", 16, 64, 1.0),
-    "edsr": ("EDSR", 32, 256, 0.1),
-    "mdsr_baseline": ("MDSR", 16, 64, 1.0),
-    "mdsr": ("MDSR", 80, 64, 1.0),
-}
+PRESETS = [name for name, p in CATALOGUE.items() if p.arch != "Bicubic"]  # trainable ones
 INPUT, OUTPUT = "lr", "sr"
 MIN_OPSET = 11  # PixelShuffle -> DepthToSpace
 VERIFY_ATOL = 1e-3  # absolute, on outputs in [0, 255]
@@ -277,21 +273,12 @@ def build_model(
     res_scale: float | None = None,
     scales: Sequence[int] = (2, 3, 4),
 ) -> nn.Module:
-    """The preset ``name`` (``edsr_baseline``, ``edsr``, ``mdsr_baseline``, ``mdsr``), randomly
-    initialized, for ``scale`` (EDSR) or ``scales`` (MDSR); ``None`` keeps the preset value."""
-    from .models import EDSR, MDSR
-
+    """The preset ``name`` of the catalogue, randomly initialized, for ``scale`` (EDSR) or
+    ``scales`` (MDSR); ``None`` keeps the preset value."""
     if name not in PRESETS:
-        raise ValueError(f"unknown --model {name!r}; choose one of {list(PRESETS)}")
-    kind, blocks, feats, rs = PRESETS[name]
-    kwargs = {
-        "n_resblocks": blocks if n_resblocks is None else n_resblocks,
-        "n_feats": feats if n_feats is None else n_feats,
-        "res_scale": rs if res_scale is None else res_scale,
-    }
-    if kind == "EDSR":
-        return EDSR(scale, **kwargs)
-    return MDSR(scales, **kwargs)
+        raise ValueError(f"unknown --model {name!r}; choose one of {PRESETS}")
+    chosen = [scale] if CATALOGUE[name].arch == "EDSR" else list(scales)
+    return build_net(name, chosen, n_resblocks, n_feats, res_scale)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -305,7 +292,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="output file (default: <model>_x<scale> + format suffix)")
     p.add_argument("--n-resblocks", type=int, help="override the preset's depth")
     p.add_argument("--n-feats", type=int, help="override the preset's width")
-    p.add_argument("--res-scale", type=float, help="override the preset's residual scaling")
+    p.add_argument(
+        "--res-scale",
+        type=float,
+        help="residual scaling: the preset's, or of weights without a record",
+    )
     p.add_argument("--scales", type=int, nargs="+", default=[2, 3, 4], help="MDSR scales")
     p.add_argument("--opset", type=int, default=17, help="ONNX opset (>= 11)")
     p.add_argument("--static", action="store_true", help="fixed 2x3x32x32 input shape")
@@ -355,11 +346,11 @@ def main(argv: Sequence[str] | None = None) -> int:
                 "give --model (a preset), --weights (read the network off it), or both"
             )
         if args.model is None:
-            model = model_from_state_dict(load_state_dict(args.weights))
+            model, _ = load_network(args.weights, res_scale=args.res_scale)
         else:
             if args.model not in PRESETS:
-                raise ValueError(f"unknown --model {args.model!r}; choose one of {list(PRESETS)}")
-            if args.scale is None and PRESETS[args.model][0] == "EDSR":
+                raise ValueError(f"unknown --model {args.model!r}; choose one of {PRESETS}")
+            if args.scale is None and CATALOGUE[args.model].arch == "EDSR":
                 raise ValueError(f"--model {args.model} needs --scale")
             model = build_model(
                 args.model, args.scale, args.n_resblocks, args.n_feats, args.res_scale, args.scales

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import asdict, dataclass, fields
 from typing import Any
 
 import lightning as L
@@ -11,34 +12,54 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .checkpoint import load_state_dict
-from .inference import self_ensemble, tiled_forward
+from .checkpoint import PROTOCOLS_KEY, RECORD_KEY, init_from_checkpoint
+from .inference import receptive_radius, super_resolve
 from .metrics import SRMetrics, quantize
+from .models import Bicubic, record
+from .protocol import Protocol
 
 log = logging.getLogger(__name__)
 
 LOSSES = {"l1": F.l1_loss, "l2": F.mse_loss}
 
 
-def receptive_radius(net: nn.Module) -> int:
-    """An upper bound, in LR pixels, of how far a pixel's context reaches (sum of conv radii)."""
-    return sum(m.kernel_size[0] // 2 for m in net.modules() if isinstance(m, nn.Conv2d))
+@dataclass(frozen=True)
+class OptimRecipe:
+    """The optimisation of paper Sec. 4.1 (the ``optim`` config group): L1 loss, Adam
+    (0.9, 0.999, 1e-8), learning rate 1e-4 halved every 2e5 updates."""
+
+    loss: str = "l1"
+    lr: float = 1e-4
+    betas: tuple[float, float] = (0.9, 0.999)
+    eps: float = 1e-8
+    lr_decay_steps: int = 200_000
+    lr_gamma: float = 0.5
+
+    @classmethod
+    def from_mapping(cls, optim: Mapping[str, Any] | None) -> OptimRecipe:
+        optim = dict(optim or {})
+        allowed = [f.name for f in fields(cls)]
+        unknown = [k for k in optim if k not in allowed]
+        if unknown:
+            raise ValueError(f"optim.{unknown[0]}: unknown key; allowed keys: {allowed}")
+        if "betas" in optim:
+            optim["betas"] = tuple(float(b) for b in optim["betas"])
+        recipe = cls(**optim)
+        if recipe.loss not in LOSSES:
+            raise ValueError(f"optim.loss={recipe.loss!r}: allowed values are {list(LOSSES)}")
+        return recipe
 
 
-def init_from_checkpoint(net: nn.Module, path: str) -> tuple[list[str], list[str]]:
-    """Copy every tensor of ``path`` whose name and shape match; keep the rest as initialised.
+@dataclass(frozen=True)
+class EvalResult:
+    """Mean PSNR/SSIM of one evaluation set at one scale, and how it was computed."""
 
-    This is the paper's x2 -> x3/x4 initialisation (Sec. 4.1): head and body come from the x2
-    model, the upsampler of the new scale starts anew. Returns (loaded, not loaded) names.
-    """
-    state = load_state_dict(path)
-    own = net.state_dict()
-    loaded = [k for k, v in state.items() if k in own and own[k].shape == v.shape]
-    net.load_state_dict({k: state[k] for k in loaded}, strict=False)
-    kept = [k for k in own if k not in loaded]
-    log.info("init_from %s: loaded %d tensors: %s", path, len(loaded), loaded)
-    log.info("init_from %s: %d tensors keep their fresh init: %s", path, len(kept), kept)
-    return loaded, kept
+    dataset: str
+    scale: int
+    protocol: Protocol
+    psnr: float
+    ssim: float
+    n_images: int
 
 
 class CompiledOrEager:
@@ -77,35 +98,37 @@ class CompiledOrEager:
 
 
 class SRLitModule(L.LightningModule):
-    """L1 (or L2) loss, Adam, step-wise halving of the learning rate, benchmark validation.
+    """The paper's training protocol (Sec. 4.1) around any catalogued network ``net``: L1 (or
+    L2) loss, Adam, step-wise halving of the learning rate (``optim``: :class:`OptimRecipe`),
+    and whole-image validation/testing through :func:`~sr_lightning.inference.super_resolve`
+    (fp32 whatever ``trainer.precision``; ``self_ensemble`` at test for EDSR+ / MDSR+).
 
     Batches arrive as uint8; they become float on the device (after the crop, never before).
-    Validation/test metrics are logged as ``val/<Set>/x<s>/psnr|ssim`` and ``val/psnr`` (first
-    set, first scale, the checkpoint criterion); each image counts once, also under DDP.
+    Metrics are logged as ``val/<Set>/x<s>/psnr|ssim`` and ``val/psnr``, the checkpoint
+    criterion: the first validation set, averaged over the network's scales (one scale for
+    EDSR; x2, x3, x4 for MDSR). Each image counts once, also under DDP. Checkpoints carry the
+    network's record (``model_args``) and each validation set's protocol (``protocols``).
+    ``log_prefix`` keys the logged metrics apart (the bicubic rows: ``bicubic/test/...``).
     """
 
     def __init__(
         self,
         net: nn.Module,
-        loss: str = "l1",
-        lr: float = 1e-4,
-        betas: Sequence[float] = (0.9, 0.999),
-        eps: float = 1e-8,
-        lr_decay_steps: int = 200_000,
-        lr_gamma: float = 0.5,
-        rgb_range: float = 255.0,
+        optim: Mapping[str, Any] | None = None,
         init_from: str | None = None,
         channels_last: bool = False,
         compile: bool = False,
+        self_ensemble: bool = False,
         val_tile: int = 0,
         val_tile_overlap: int | None = None,
-        self_ensemble: bool = False,
         n_image_panels: int = 4,
+        log_prefix: str = "",
     ):
         super().__init__()
-        if loss not in LOSSES:
-            raise ValueError(f"optim.loss={loss!r}: allowed values are {list(LOSSES)}")
-        self.save_hyperparameters(ignore=["net"])
+        recipe = OptimRecipe.from_mapping(optim)
+        self.save_hyperparameters(ignore=["net", "optim"])
+        self.hparams["optim"] = asdict(recipe)  # plain values: loads with weights_only=True
+        self.recipe = recipe
         if init_from:
             init_from_checkpoint(net, init_from)
         if channels_last:
@@ -113,11 +136,12 @@ class SRLitModule(L.LightningModule):
         self.net = net
         # not a submodule (the checkpoint holds the network once, as net.*)
         self._train_forward = CompiledOrEager(net) if compile else net.__call__
-        self.loss_fn = LOSSES[loss]
+        self.loss_fn = LOSSES[recipe.loss]
         self.tile_overlap = val_tile_overlap or receptive_radius(net)
-        self.eval_names: list[tuple[str, int]] = []
+        self.eval_sets: list[Any] = []
         self.eval_metrics = nn.ModuleList()
-        self.test_rows: list[dict] = []
+        self.val_results: list[EvalResult] = []
+        self.test_results: list[EvalResult] = []
 
     # ---- helpers ------------------------------------------------------------------------
     def memory_format(self, lr: torch.Tensor) -> torch.Tensor:
@@ -129,18 +153,24 @@ class SRLitModule(L.LightningModule):
     def forward(self, lr: torch.Tensor, scale: int) -> torch.Tensor:
         return self.net(self.memory_format(lr), scale)
 
+    @property
+    def rgb_range(self) -> float:
+        return float(getattr(self.net, "rgb_range", 255.0))
+
     def to_float(self, img: torch.Tensor) -> torch.Tensor:
-        return img.float() * (self.hparams.rgb_range / 255.0)
+        return img.float() * (self.rgb_range / 255.0)
 
     def predict_image(self, lr: torch.Tensor, scale: int, ensemble: bool = False) -> torch.Tensor:
-        """Whole-image SR of a float LR batch: tiled (exact) and optionally self-ensembled."""
-
-        def fwd(x: torch.Tensor) -> torch.Tensor:
-            return tiled_forward(
-                lambda t: self(t, scale), x, scale, self.hparams.val_tile, self.tile_overlap
-            )
-
-        return self_ensemble(fwd, lr) if ensemble else fwd(lr)
+        """Whole-image fp32 SR of a float LR batch: tiled (exact) and optionally ensembled."""
+        return super_resolve(
+            self.net,
+            lr,
+            scale,
+            ensemble=ensemble,
+            tile=self.hparams.val_tile,
+            overlap=self.tile_overlap,
+            channels_last=self.hparams.channels_last,
+        )
 
     # ---- training -----------------------------------------------------------------------
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
@@ -154,31 +184,29 @@ class SRLitModule(L.LightningModule):
             self.log("loss", loss, prog_bar=True, logger=False)
         return loss
 
-    def on_load_checkpoint(self, checkpoint: dict) -> None:
-        """Checkpoints written before 2026-11-27 held the network twice (``_forward.*``)."""
-        state = checkpoint["state_dict"]
-        for key in [k for k in state if k.startswith("_forward.")]:
-            del state[key]
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        """The network's record and the validation protocols travel with the weights."""
+        checkpoint[RECORD_KEY] = record(self.net)
+        sets = getattr(self.trainer.datamodule, "val_data", None) or self.eval_sets
+        checkpoint[PROTOCOLS_KEY] = {f"{d.name}/x{d.scale}": d.protocol.as_dict() for d in sets}
 
     def configure_optimizers(self) -> dict:
+        r = self.recipe
         params = [p for p in self.net.parameters() if p.requires_grad]  # mean shift is frozen
         opt = torch.optim.Adam(
             params,
-            lr=self.hparams.lr,
-            betas=tuple(self.hparams.betas),
-            eps=self.hparams.eps,
+            lr=r.lr,
+            betas=r.betas,
+            eps=r.eps,
             fused=True,  # one kernel for all parameters (CUDA and CPU)
         )
-        sched = torch.optim.lr_scheduler.StepLR(
-            opt, step_size=self.hparams.lr_decay_steps, gamma=self.hparams.lr_gamma
-        )
+        sched = torch.optim.lr_scheduler.StepLR(opt, step_size=r.lr_decay_steps, gamma=r.lr_gamma)
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
 
     # ---- evaluation ---------------------------------------------------------------------
     def _setup_eval(self, sets: Sequence[Any]) -> None:
-        self.eval_names = [(ds.name, ds.scale) for ds in sets]
-        rgb = self.hparams.rgb_range
-        self.eval_metrics = nn.ModuleList(SRMetrics(s, rgb) for _, s in self.eval_names)
+        self.eval_sets = list(sets)
+        self.eval_metrics = nn.ModuleList(SRMetrics(d.protocol, self.rgb_range) for d in sets)
         self.eval_metrics.to(self.device)
 
     def on_validation_epoch_start(self) -> None:
@@ -186,10 +214,9 @@ class SRLitModule(L.LightningModule):
 
     def on_test_epoch_start(self) -> None:
         self._setup_eval(self.trainer.datamodule.test_data)
-        self.test_rows = []
 
     def _eval_step(self, batch: dict, dataloader_idx: int, ensemble: bool) -> torch.Tensor:
-        name, scale = self.eval_names[dataloader_idx]
+        scale = self.eval_sets[dataloader_idx].scale
         sr = self.predict_image(self.to_float(batch["lr"]), scale, ensemble)
         self.eval_metrics[dataloader_idx].update(sr, batch["hr"], batch["gray"])
         return sr
@@ -202,42 +229,43 @@ class SRLitModule(L.LightningModule):
     def test_step(self, batch: dict, batch_idx: int, dataloader_idx: int = 0) -> None:
         self._eval_step(batch, dataloader_idx, ensemble=self.hparams.self_ensemble)
 
-    def _log_eval(self, stage: str) -> list[dict]:
-        rows = []
-        for (name, scale), metric in zip(self.eval_names, self.eval_metrics, strict=True):
+    def _log_eval(self, stage: str) -> list[EvalResult]:
+        results = []
+        for data, metric in zip(self.eval_sets, self.eval_metrics, strict=True):
             out = metric.compute()  # synced over ranks: every image counted once
             metric.reset()
+            prefix = f"{self.hparams.log_prefix}{stage}/{data.name}/x{data.scale}"
             for key in ("psnr", "ssim", "count"):
                 label = "n_images" if key == "count" else key
-                self.log(f"{stage}/{name}/x{scale}/{label}", out[key].float(), sync_dist=False)
-            rows.append(
-                {
-                    "dataset": name,
-                    "scale": scale,
-                    "psnr": round(out["psnr"].item(), 4),
-                    "ssim": round(out["ssim"].item(), 5),
-                    "self_ensemble": bool(stage == "test" and self.hparams.self_ensemble),
-                    "n_images": int(out["count"].item()),
-                }
+                self.log(f"{prefix}/{label}", out[key].float(), sync_dist=False)
+            results.append(
+                EvalResult(
+                    data.name,
+                    data.scale,
+                    data.protocol,
+                    out["psnr"].item(),
+                    out["ssim"].item(),
+                    int(out["count"].item()),
+                )
             )
-        if rows:
-            self.log(f"{stage}/psnr", float(rows[0]["psnr"]), prog_bar=True, sync_dist=False)
-        return rows
+        if results:  # the criterion: the first set, mean over its scales
+            first = [r.psnr for r in results if r.dataset == results[0].dataset]
+            mean = sum(first) / len(first)
+            self.log(f"{self.hparams.log_prefix}{stage}/psnr", mean, prog_bar=True, sync_dist=False)
+        return results
 
     def on_validation_epoch_end(self) -> None:
-        self._log_eval("val")
+        self.val_results = self._log_eval("val")
 
     def on_test_epoch_end(self) -> None:
-        self.test_rows = self._log_eval("test")
+        self.test_results = self._log_eval("test")
 
     def _log_panel(self, batch: dict, sr: torch.Tensor, index: int) -> None:
         """LR (nearest-upscaled) | bicubic | SR | HR centre crops, to loggers that take images."""
         logger = self.logger
         if logger is None or not hasattr(logger, "log_image") or self.trainer.sanity_checking:
             return
-        from .models import Bicubic
-
-        name, scale = self.eval_names[0]
+        name, scale = self.eval_sets[0].name, self.eval_sets[0].scale
         lr = self.to_float(batch["lr"])
         size = min(96, lr.shape[-2], lr.shape[-1])
         y0, x0 = (lr.shape[-2] - size) // 2, (lr.shape[-1] - size) // 2
@@ -245,11 +273,11 @@ class SRLitModule(L.LightningModule):
         crop = (slice(y0 * scale, (y0 + size) * scale), slice(x0 * scale, (x0 + size) * scale))
         tiles = [
             F.interpolate(lr_c, scale_factor=scale, mode="nearest"),
-            Bicubic(scales=(scale,), rgb_range=self.hparams.rgb_range)(lr_c, scale),
+            Bicubic(scales=(scale,), rgb_range=self.rgb_range)(lr_c, scale),
             sr[..., crop[0], crop[1]],
             self.to_float(batch["hr"])[..., crop[0], crop[1]],
         ]
-        panel = torch.cat([quantize(t, self.hparams.rgb_range) for t in tiles], dim=-1)
+        panel = torch.cat([quantize(t, self.rgb_range) for t in tiles], dim=-1)
         logger.log_image(
             key=f"val/{name}/x{scale}/panel{index}",
             images=[panel[0].byte().permute(1, 2, 0).cpu().numpy()],

@@ -1,10 +1,12 @@
 """PSNR / SSIM exactly as the SR benchmarks compute them (paper Sec. 4.2, Table 3).
 
-The protocol: quantize the SR output to 8 bit, convert to the Y channel of MATLAB's
+The benchmark protocol: quantize the SR output to 8 bit, convert to the Y channel of MATLAB's
 ``rgb2ycbcr`` (studio-range BT.601, *not* kornia's full-range JPEG ``rgb_to_y``: that one comes
 out 1.32 dB off), cut a border of ``scale`` pixels, then PSNR (peak 255) and SSIM (Wang et al.'s
 ``ssim_index.m``: 11x11 Gaussian, sigma 1.5, over the *valid* region) per image, averaged over
-images. A single-channel (grayscale) image is scored on its gray values directly, as the MATLAB
+images. DIV2K is scored as the authors' code scores it: RGB, border ``scale + 6``
+(:class:`Protocol` holds the choice; every function here takes it explicitly, as BasicSR's).
+A single-channel (grayscale) image is scored on its gray values directly, as the MATLAB
 scripts that produced the published numbers do (they call ``rgb2ycbcr`` only when the image has
 three channels); Set14's ``bridge`` is such an image.
 
@@ -20,6 +22,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torchmetrics import Metric
+
+from .protocol import CHANNELS, Protocol
 
 SSIM_KERNEL = 11
 SSIM_SIGMA = 1.5
@@ -82,25 +86,37 @@ def ssim(x: torch.Tensor, y: torch.Tensor, data_range: float = 255.0) -> torch.T
 def psnr_ssim(
     sr: torch.Tensor,
     hr: torch.Tensor,
-    scale: int,
+    *,
+    channels: str,
+    border: int,
     gray: torch.Tensor | bool = False,
     rgb_range: float = 255.0,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-image (PSNR, SSIM) of a batch, benchmark protocol. Returns two (N,) float64 tensors.
+    """Per-image (PSNR, SSIM) of a batch under an explicit protocol (see :class:`Protocol`).
+    Returns two (N,) float64 tensors.
 
-    ``sr`` is the raw network output in [0, rgb_range]; ``hr`` the ground truth (uint8 or float
-    in [0, 255]) of the same size.
+    ``sr`` is the raw network output in [0, rgb_range] (quantized to 8 bit here); ``hr`` the
+    ground truth (uint8 or float in [0, 255]) of the same size; ``gray`` marks images that were
+    single-channel on disk (scored on their gray value under ``channels="y"``).
     """
     if sr.shape != hr.shape:
         raise ValueError(f"SR {tuple(sr.shape)} and HR {tuple(hr.shape)} differ in shape")
-    sr_y = shave(to_y(quantize(sr.double(), rgb_range), gray), scale)
-    hr_y = shave(to_y(hr.double(), gray), scale)
-    mse = (sr_y - hr_y).pow(2).mean(dim=(1, 2, 3))
-    return 10 * torch.log10(255.0**2 / mse), ssim(sr_y, hr_y)
+    if channels not in CHANNELS:
+        raise ValueError(f"channels={channels!r}; allowed values: {CHANNELS}")
+    sr_q, hr_d = quantize(sr.double(), rgb_range), hr.double()
+    if channels == "y":
+        sr_q, hr_d = to_y(sr_q, gray), to_y(hr_d, gray)
+    sr_c, hr_c = shave(sr_q, border), shave(hr_d, border)
+    mse = (sr_c - hr_c).pow(2).mean(dim=(1, 2, 3))
+    n, c = sr_c.shape[:2]
+    per_channel = ssim(
+        sr_c.reshape(n * c, 1, *sr_c.shape[-2:]), hr_c.reshape(n * c, 1, *hr_c.shape[-2:])
+    )
+    return 10 * torch.log10(255.0**2 / mse), per_channel.view(n, c).mean(dim=1)
 
 
 class SRMetrics(Metric):
-    """Mean per-image PSNR and SSIM (benchmark protocol), synced across DDP ranks.
+    """Mean per-image PSNR and SSIM under ``protocol``, synced across DDP ranks.
 
     Each image must be seen exactly once over all ranks: feed it from an unpadded sampler.
     """
@@ -108,16 +124,19 @@ class SRMetrics(Metric):
     full_state_update = False
     higher_is_better = True
 
-    def __init__(self, scale: int, rgb_range: float = 255.0, **kwargs):
+    def __init__(self, protocol: Protocol, rgb_range: float = 255.0, **kwargs):
         super().__init__(**kwargs)
-        self.scale = scale
+        self.protocol = protocol
         self.rgb_range = rgb_range
         self.add_state("psnr_sum", torch.tensor(0.0, dtype=torch.float64), dist_reduce_fx="sum")
         self.add_state("ssim_sum", torch.tensor(0.0, dtype=torch.float64), dist_reduce_fx="sum")
         self.add_state("count", torch.tensor(0, dtype=torch.long), dist_reduce_fx="sum")
 
     def update(self, sr: torch.Tensor, hr: torch.Tensor, gray: torch.Tensor | bool = False) -> None:
-        psnr, ssim_ = psnr_ssim(sr, hr, self.scale, gray, self.rgb_range)
+        p = self.protocol
+        psnr, ssim_ = psnr_ssim(
+            sr, hr, channels=p.channels, border=p.border, gray=gray, rgb_range=self.rgb_range
+        )
         self.psnr_sum += psnr.sum()
         self.ssim_sum += ssim_.sum()
         self.count += psnr.numel()

@@ -20,9 +20,11 @@ from typing import Any
 
 import yaml
 
+from .protocol import Protocol
 from .wandb_mode import wandb_mode
 
-PSNR_KEY = re.compile(r"^val/([^/]+)/x(\d+)/psnr$")  # val/Set5/x2/psnr
+# val/Set5/x2/psnr, and with the protocol where jobs differ: val/Set5/x2/psnr [RGB, border 8, ...]
+PSNR_KEY = re.compile(r"^val/([^/]+)/x(\d+)/psnr(?: \[(.+)\])?$")
 STATUS_COLORS = {"completed": "tab:blue", "diverged": "tab:red", "failed": "tab:gray"}
 
 
@@ -47,6 +49,12 @@ class Job:
     def best(self) -> dict[str, Any]:
         best = self.summary.get("best")
         return best if isinstance(best, dict) else {}
+
+    def protocol(self, key: str) -> str | None:
+        """The protocol label of metric ``val/<Set>/x<s>/...`` (None: not recorded)."""
+        m = PSNR_KEY.match(key)
+        found = (self.summary.get("protocols") or {}).get(f"{m[1]}/x{m[2]}") if m else None
+        return Protocol.from_dict(found).label if found else None
 
     def curve(self, key: str = "val/psnr") -> list[tuple[int, float]]:
         """``(step, value)`` of ``key`` from ``history.csv``, non-finite values dropped."""
@@ -125,6 +133,36 @@ def psnr_keys(jobs: list[Job]) -> list[str]:
     return list(dict.fromkeys(k for j in jobs for k in j.best if PSNR_KEY.match(k)))
 
 
+def metric_columns(jobs: list[Job]) -> list[str]:
+    """One column per PSNR key, or, where jobs scored a set under different protocols, one per
+    (key, protocol): ``val/Set5/x2/psnr [Y, border 2, LR file]``. Numbers computed under
+    different protocols never share a column."""
+    columns = []
+    for key in psnr_keys(jobs):
+        labels = list(dict.fromkeys(j.protocol(key) for j in jobs if key in j.best))
+        columns += [key] if len(labels) == 1 else [f"{key} [{label}]" for label in labels]
+    return columns
+
+
+def metric_value(job: Job, column: str) -> float | None:
+    m = PSNR_KEY.match(column)
+    key = column.split(" [", 1)[0]
+    if m and m[3] is not None and job.protocol(key) != m[3]:
+        return None
+    return job.best.get(key)
+
+
+def protocol_notes(jobs: list[Job], columns: list[str]) -> list[str]:
+    """``Set5 x2: Y, border 2, LR file`` for each single-protocol column."""
+    notes = []
+    for c in columns:
+        m = PSNR_KEY.match(c)
+        if m and m[3] is None:
+            label = next((j.protocol(c) for j in jobs if j.protocol(c)), None)
+            notes.append(f"{m[1]} x{m[2]}: {label or 'not recorded'}")
+    return notes
+
+
 def label(job: Job, keys: list[str]) -> str:
     """``norm=batch, res_scale=0.1`` (last key segment, unless two swept keys share it)."""
     short = [k.rsplit(".", 1)[-1] for k in keys]
@@ -136,14 +174,14 @@ def label(job: Job, keys: list[str]) -> str:
 
 def table(jobs: list[Job]) -> tuple[list[str], list[dict[str, Any]]]:
     """Column keys and one row per job (raw values; ``None`` where unknown)."""
-    swept, metrics = swept_keys(jobs), psnr_keys(jobs)
+    swept, metrics = swept_keys(jobs), metric_columns(jobs)
     columns = ["job", *swept, "params", "steps", "wall_time_s", *metrics, "diverged", "status"]
     rows = []
     for j in jobs:
         s = j.summary
         row: dict[str, Any] = {"job": j.name, **{k: j.overrides.get(k) for k in swept}}
         row.update(params=s.get("params"), steps=s.get("steps"), wall_time_s=s.get("wall_time_s"))
-        row.update({k: j.best.get(k) for k in metrics})
+        row.update({k: metric_value(j, k) for k in metrics})
         row.update(diverged="yes" if j.status == "diverged" else "no", status=j.status)
         rows.append(row)
     return columns, rows
@@ -153,7 +191,7 @@ def title(key: str) -> str:
     """Markdown header of a column: ``val/Set5/x2/psnr`` -> ``Set5 x2 PSNR``."""
     m = PSNR_KEY.match(key)
     if m:
-        return f"{m[1]} x{m[2]} PSNR"
+        return f"{m[1]} x{m[2]} PSNR" + (f" ({m[3]})" if m[3] else "")
     return {"wall_time_s": "wall time"}.get(key, key)
 
 
@@ -183,13 +221,20 @@ def write_csv(path: Path, columns: list[str], rows: list[dict[str, Any]]) -> Non
 
 
 def write_markdown(
-    path: Path, sweep_dir: Path, columns: list[str], rows: list[dict[str, Any]], plots: list[Path]
+    path: Path,
+    sweep_dir: Path,
+    columns: list[str],
+    rows: list[dict[str, Any]],
+    plots: list[Path],
+    notes: list[str] = (),
 ) -> None:
-    """Title, one table row per job, then the plots as image links."""
+    """Title, one table row per job, the scoring protocols, then the plots as image links."""
     lines = [f"# Sweep report: {sweep_dir}", ""]
     lines.append("| " + " | ".join(title(c) for c in columns) + " |")
     lines.append("|" + "---|" * len(columns))
     lines += ["| " + " | ".join(fmt(c, r[c]) for c in columns) + " |" for r in rows]
+    if notes:
+        lines += ["", "Scored with: " + "; ".join(notes) + "."]
     links = (f"![{p.stem}]({Path(os.path.relpath(p, path.parent)).as_posix()})" for p in plots)
     lines += ["", " ".join(links), ""]
     path.write_text("\n".join(lines))
@@ -327,7 +372,7 @@ def build_report(
     csv_path, md_path = out / "report.csv", out / "report.md"
     write_csv(csv_path, columns, rows)
     pngs = plot(jobs, out)
-    write_markdown(md_path, sweep_dir, columns, rows, pngs)
+    write_markdown(md_path, sweep_dir, columns, rows, pngs, protocol_notes(jobs, columns))
     if wandb:
         log_to_wandb(sweep_dir, out, columns, rows)
     return Report(sweep_dir, out, columns, rows, [md_path, csv_path, *pngs], jobs)

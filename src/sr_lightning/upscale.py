@@ -1,8 +1,10 @@
 """Upscale images: ``sr-upscale photo.png folder/ 'shots/*.png' --weights W --out DIR``.
 
-``--weights`` is a Lightning checkpoint of ours or an authors' ``.pt``; the network (EDSR or
-MDSR, its depth, width and scales) is read off the tensor shapes. Outputs are PNGs named
-``<stem>_x<s>.png``; inputs are never overwritten.
+``--weights`` is a Lightning checkpoint of ours (the network is rebuilt from its record) or an
+authors' ``.pt`` (read off the tensor shapes; ``--res-scale`` where the preset's is not right).
+Outputs are PNGs named ``<stem>_x<s>.png``, quantized exactly as the evaluation scores them;
+inputs are never overwritten. A file that cannot be read is reported and skipped: every other
+file is still written, and the exit code is 1 if any failed.
 """
 
 from __future__ import annotations
@@ -11,18 +13,13 @@ import argparse
 import glob
 import sys
 from collections.abc import Sequence
-from contextlib import nullcontext
 from pathlib import Path
 
 import torch
 
-from .checkpoint import load_state_dict, model_from_state_dict
+from .checkpoint import load_network
 from .data.io import IMAGE_SUFFIXES, ImageError, list_images, load_image, save_image, to_rgb
-from .inference import self_ensemble, tiled_forward
-from .lit_module import receptive_radius
-from .metrics import quantize
-
-DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+from .inference import PRECISIONS, super_resolve
 
 
 def expand_inputs(inputs: Sequence[str]) -> list[Path]:
@@ -43,35 +40,15 @@ def expand_inputs(inputs: Sequence[str]) -> list[Path]:
     return list(dict.fromkeys(paths))
 
 
-@torch.inference_mode()
-def upscale_image(
-    model: torch.nn.Module,
-    lr: torch.Tensor,
-    scale: int,
-    *,
-    ensemble: bool = False,
-    tile: int = 0,
-    overlap: int | None = None,
-    precision: str = "fp32",
-) -> torch.Tensor:
-    """uint8 (3, h, w) LR on the model's device -> uint8 (3, h*s, w*s) SR, as ``eval`` scores it.
-
-    With ``tile`` the output is assembled tile by tile in a uint8 buffer: memory is bounded by
-    the tile size, not the image size.
-    """
+def upscale_image(model: torch.nn.Module, lr: torch.Tensor, scale: int, **options) -> torch.Tensor:
+    """uint8 (3, h, w) LR -> uint8 (3, h*s, w*s) SR, exactly as ``eval`` scores it; ``options``
+    are :func:`~sr_lightning.inference.super_resolve`'s (ensemble, tile, overlap, precision).
+    The output is assembled tile by tile in a uint8 buffer: memory is bounded by the tile size,
+    not the image size."""
     device = next(model.parameters()).device
-    dtype = DTYPES[precision]
-    overlap = receptive_radius(model) if overlap is None else overlap
-    amp = torch.autocast(device.type, dtype=dtype) if dtype != torch.float32 else nullcontext()
-
-    def forward(x: torch.Tensor) -> torch.Tensor:
-        with amp:
-            y = self_ensemble(lambda t: model(t, scale), x) if ensemble else model(x, scale)
-        return quantize(y.float())
-
-    x = lr[None].to(device, torch.float32)
+    x = lr[None].to(device, torch.float32) * (model.rgb_range / 255.0)
     out = torch.empty(1, 3, lr.shape[-2] * scale, lr.shape[-1] * scale, dtype=torch.uint8)
-    return tiled_forward(forward, x, scale, tile, overlap, out=out.to(device))[0].cpu()
+    return super_resolve(model, x, scale, out=out.to(device), **options)[0].cpu()
 
 
 def output_paths(sources: list[Path], out_dir: Path, scale: int) -> list[Path]:
@@ -93,7 +70,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--self-ensemble", action="store_true", help="x8 geometric self-ensemble")
     p.add_argument("--tile", type=int, default=0, help="LR tile side for bounded memory (0: off)")
     p.add_argument("--tile-overlap", type=int, help="LR context per tile (default: exact)")
-    p.add_argument("--precision", choices=list(DTYPES), default="fp32")
+    p.add_argument("--precision", choices=list(PRECISIONS), default="fp32")
+    p.add_argument(
+        "--res-scale", type=float, help="residual scaling of weights without a record (.pt)"
+    )
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     return p
 
@@ -101,7 +81,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        model = model_from_state_dict(load_state_dict(args.weights))
+        model, _ = load_network(args.weights, res_scale=args.res_scale)
         scales = list(model.scales)
         scale = args.scale or (scales[0] if len(scales) == 1 else None)
         if scale not in scales:
@@ -110,10 +90,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         out_dir = Path(args.out)
         paths = expand_inputs(args.inputs)
         dsts = output_paths(paths, out_dir, scale)
-        from tqdm import tqdm
+    except (FileNotFoundError, ValueError, ImageError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    from tqdm import tqdm
 
-        jobs = list(zip(paths, dsts, strict=True))
-        for src, dst in tqdm(jobs, desc="upscaling", unit="img", disable=len(jobs) < 2):
+    failed = []
+    jobs = list(zip(paths, dsts, strict=True))
+    for src, dst in tqdm(jobs, desc="upscaling", unit="img", disable=len(jobs) < 2):
+        try:
             sr = upscale_image(
                 model,
                 to_rgb(load_image(src)),
@@ -124,11 +109,13 @@ def main(argv: Sequence[str] | None = None) -> int:
                 precision=args.precision,
             )
             save_image(sr, dst)
-        print(f"{len(paths)} image(s) written to {out_dir}")
-        return 0
-    except (FileNotFoundError, ValueError, ImageError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
+        except (OSError, ValueError, ImageError) as e:  # this file only: the others go on
+            failed.append(src)
+            message = f"error: {e}" if str(src) in str(e) else f"error: {src}: {e}"
+            tqdm.write(message, file=sys.stderr)
+    done = len(jobs) - len(failed)
+    print(f"{done} image(s) written to {out_dir}, {len(failed)} failed")
+    return 1 if failed else 0
 
 
 if __name__ == "__main__":

@@ -10,10 +10,19 @@ from pathlib import Path
 import lightning as L
 import torch
 import torch.distributed as dist
+from lightning.pytorch.trainer.states import TrainerFn
 from torch.utils.data import DataLoader, DistributedSampler
 
-from ..models.blocks import SCALES_EDSR
-from .datasets import DIV2K_VAL, SAMPLE, EvalDataset, Pair, aligned_pair, div2k_pairs, resolve_pairs
+from .datasets import (
+    DIV2K_VAL,
+    PROTOCOLS,
+    EvalDataset,
+    Pair,
+    aligned_pair,
+    div2k_pairs,
+    eval_dataset,
+    resolve_pairs,
+)
 from .io import ImageError
 from .patches import PatchBatches
 
@@ -37,6 +46,17 @@ class UnpaddedDistributedSampler(DistributedSampler):
         return len(range(self.rank, len(self.dataset), self.num_replicas))
 
 
+def per_device_batch(batch_size: int, world_size: int) -> int:
+    """The recipe's batch is global (the paper's 16 patches per update, for any number of
+    devices x nodes): each process takes ``batch_size / world_size`` of it."""
+    if batch_size % world_size:
+        raise ValueError(
+            f"data.batch_size={batch_size} (the global batch) is not divisible by "
+            f"trainer.devices x trainer.num_nodes = {world_size}"
+        )
+    return batch_size // world_size
+
+
 def leave_sigterm_to_trainer(worker_id: int) -> None:
     """Data workers ignore SIGTERM (SLURM sends it to every process of the job): the trainer
     then finishes its step, saves a checkpoint and shuts the workers down itself. A worker
@@ -50,9 +70,12 @@ class SRDataModule(L.LightningDataModule):
     - train: random ``patch_size`` LR patches (HR ``patch_size * scale``) from ``train_set``
       (``DIV2K`` images ``train_range``, ``sample``, or a folder of HR images whose LR is made
       with the MATLAB-exact imresize), 8 dihedral augmentations, one scale per batch drawn
-      among ``scales``, ``updates_per_epoch`` batches of ``batch_size`` (per device) per epoch;
+      among ``scales``, ``updates_per_epoch`` batches per epoch of ``batch_size`` patches in
+      all (the global batch: each of N processes takes ``batch_size / N``);
     - val: whole images of ``val_sets`` at every scale (one dataloader per set and scale);
     - test: the ``benchmarks`` at every scale.
+    Each evaluation set is scored with its protocol (``protocol``: ``auto`` chooses by set,
+    see ``datasets.protocol_for``).
     Decoded images are cached as uint8 ``.npy`` memory maps (``cache_dir``), built once.
     """
 
@@ -73,6 +96,7 @@ class SRDataModule(L.LightningDataModule):
         cache_dir: str | None = None,
         pin_memory: bool = True,
         seed: int = 0,
+        protocol: str = "auto",
     ):
         super().__init__()
         self.root = str(root)
@@ -90,6 +114,8 @@ class SRDataModule(L.LightningDataModule):
         self.cache_dir = Path(cache_dir).expanduser() if cache_dir else None
         self.pin_memory = pin_memory
         self.seed = seed
+        self.protocol = protocol
+        self.per_device_batch_size = batch_size  # set for the run's world size in setup()
         self.validate()
         self.train_data: PatchBatches | None = None
         self.val_data: list[EvalDataset] = []
@@ -105,8 +131,10 @@ class SRDataModule(L.LightningDataModule):
         for key, value in checks.items():
             if not isinstance(value, int) or value <= 0:
                 raise ValueError(f"{key}={value!r} must be a positive integer")
-        if not self.scales or any(s not in SCALES_EDSR for s in self.scales):
-            raise ValueError(f"data.scales={self.scales}: allowed values are {list(SCALES_EDSR)}")
+        if not self.scales or any(s < 2 for s in self.scales):
+            raise ValueError(f"data.scales={self.scales} must be a non-empty list of scales >= 2")
+        if self.protocol not in PROTOCOLS:
+            raise ValueError(f"data.protocol={self.protocol!r}: allowed values are {PROTOCOLS}")
         if self.num_workers < 0:
             raise ValueError(f"data.num_workers={self.num_workers} must be >= 0")
 
@@ -133,16 +161,19 @@ class SRDataModule(L.LightningDataModule):
         return images
 
     def prepare_data(self) -> None:
-        """Decode every training image once into the cache (local rank 0 only)."""
-        self.load_train_images()
+        """Decode every training image once into the cache (local rank 0 only; for fitting,
+        not for a test-only run such as ``eval.py``)."""
+        if self.trainer is None or self.trainer.state.fn == TrainerFn.FITTING:
+            self.load_train_images()
 
     def setup(self, stage: str | None = None) -> None:
         rank, world = self._rank_world()
         if stage in ("fit", None):
+            self.per_device_batch_size = per_device_batch(self.batch_size, world)
             self.train_data = PatchBatches(
                 self.load_train_images(),
                 self.patch_size,
-                self.batch_size,
+                self.per_device_batch_size,
                 self.updates_per_epoch,
                 self.augment,
                 self.seed,
@@ -155,15 +186,13 @@ class SRDataModule(L.LightningDataModule):
             self.test_data = self._eval_sets(self.benchmarks, split="val")
 
     def _eval_sets(self, names: Sequence[str], split: str) -> list[EvalDataset]:
-        sets = []
-        for name in names:
-            for scale in self.scales:
-                pairs = resolve_pairs(
-                    self.root, name, scale, self.cache_dir, self.div2k_val_range, split
-                )
-                label = "sample" if name == SAMPLE else Path(name).name
-                sets.append(EvalDataset(label, pairs, scale, self.cache_dir))
-        return sets
+        return [
+            eval_dataset(
+                self.root, name, scale, self.cache_dir, self.div2k_val_range, split, self.protocol
+            )
+            for name in names
+            for scale in self.scales
+        ]
 
     def _rank_world(self) -> tuple[int, int]:
         if self.trainer is not None:

@@ -6,7 +6,10 @@ Layout (the reference code's, and that of ``../shared/datasets``)::
     <root>/benchmark/<Set>/LR_bicubic/X<s>/<stem>x<s>.png
     <root>/DIV2K/DIV2K_train_HR/0801.png, DIV2K_train_LR_bicubic/X<s>/0801x<s>.png
 
-A missing LR file is generated from the HR image with the MATLAB-exact degradation and cached.
+Each set is scored with its own protocol (:func:`protocol_for`): the benchmarks on Y with a
+border of ``scale`` (the paper's Table 3), DIV2K on RGB with a border of ``scale + 6`` (the
+authors' code, behind the paper's DIV2K row). A missing LR file is generated from the HR
+image with the MATLAB-exact degradation and cached.
 Items hold uint8 tensors; float conversion happens on the device, after any crop.
 """
 
@@ -18,6 +21,7 @@ from pathlib import Path
 import torch
 from torch.utils.data import Dataset
 
+from ..protocol import Protocol
 from .cache import cached_uint8
 from .degradation import bicubic_downscale
 from .io import ImageError, list_images, load_image
@@ -25,6 +29,7 @@ from .io import ImageError, list_images, load_image
 BENCHMARKS = ("Set5", "Set14", "B100", "Urban100")
 DIV2K_VAL = "DIV2K"
 SAMPLE = "sample"
+PROTOCOLS = ("auto", "benchmark", "div2k")  # data.protocol; auto: div2k for DIV2K only
 
 
 @dataclass(frozen=True)
@@ -130,18 +135,42 @@ def aligned_pair(
     return lr, hr[..., :h, :w]
 
 
+def protocol_for(name: str, scale: int, pairs: list[Pair], protocol: str = "auto") -> Protocol:
+    """How set ``name`` is scored at ``scale``: ``protocol`` (``data.protocol``) ``benchmark``
+    (Y, border = scale), ``div2k`` (RGB, border = scale + 6) or ``auto`` (div2k for DIV2K,
+    benchmark for every other set); ``lr_source`` says whether the LR images are files."""
+    if protocol not in PROTOCOLS:
+        raise ValueError(f"data.protocol={protocol!r}: allowed values are {list(PROTOCOLS)}")
+    if protocol == "auto":
+        protocol = "div2k" if name == DIV2K_VAL else "benchmark"
+    files = sum(p.lr is not None for p in pairs)
+    source = "file" if files == len(pairs) else "imresize" if files == 0 else "mixed"
+    if protocol == "div2k":
+        return Protocol("rgb", scale + 6, source)
+    return Protocol("y", scale, source)
+
+
 class EvalDataset(Dataset):
-    """Whole-image pairs of one set at one scale; items are dicts of uint8 tensors.
+    """Whole-image pairs of one set at one scale, and how they are scored (``protocol``);
+    items are dicts of uint8 tensors.
 
     ``gray`` marks single-channel images (scored on the gray value, see ``metrics``); their
     LR/HR are replicated to RGB for the network.
     """
 
-    def __init__(self, name: str, pairs: list[Pair], scale: int, cache_dir: Path | None = None):
+    def __init__(
+        self,
+        name: str,
+        pairs: list[Pair],
+        scale: int,
+        cache_dir: Path | None = None,
+        protocol: Protocol | None = None,
+    ):
         self.name = name
         self.pairs = pairs
         self.scale = scale
         self.cache_dir = cache_dir
+        self.protocol = protocol or protocol_for(name, scale, pairs)
 
     def __len__(self) -> int:
         return len(self.pairs)
@@ -186,7 +215,11 @@ def eval_dataset(
     scale: int,
     cache_dir: Path | None = None,
     div2k_range: tuple[int, int] = (801, 810),
+    split: str = "val",
+    protocol: str = "auto",
 ) -> EvalDataset:
-    """The evaluation set ``name`` at ``scale`` (see :func:`resolve_pairs`)."""
-    pairs = resolve_pairs(root, name, scale, cache_dir, div2k_range)
-    return EvalDataset(Path(name).name if "/" in name else name, pairs, scale, cache_dir)
+    """The evaluation set ``name`` at ``scale`` (see :func:`resolve_pairs`), scored with
+    :func:`protocol_for` ``(name, scale, protocol)``; a folder is named by its last part."""
+    pairs = resolve_pairs(root, name, scale, cache_dir, div2k_range, split)
+    label = Path(name).name if "/" in name else name
+    return EvalDataset(label, pairs, scale, cache_dir, protocol_for(name, scale, pairs, protocol))

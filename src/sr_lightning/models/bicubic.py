@@ -7,17 +7,21 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from ..data.degradation import imresize
+from ..resize import imresize
 from .blocks import check_rgb, check_scale
 
 
 class Bicubic(nn.Module):
     """Upscales integer-valued RGB in [0, 255] as MATLAB does on uint8 (rounded per pass)."""
 
+    # LR pixels of context an output pixel needs (the cubic kernel's support): exact tiling
+    receptive_radius = 2
+
     def __init__(self, scales: Sequence[int] = (2, 3, 4), rgb_range: float = 255.0):
         super().__init__()
         self.scales = tuple(int(s) for s in scales)
-        self.rgb_range = rgb_range
+        self.rgb_range = float(rgb_range)
+        self.model_args = {"scales": list(self.scales), "rgb_range": self.rgb_range}
 
     def forward(self, x: torch.Tensor, scale: int | None = None) -> torch.Tensor:
         scale = int(scale if scale is not None else self.scales[0])

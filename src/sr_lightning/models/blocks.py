@@ -87,7 +87,7 @@ def check_scale(scale: int, allowed: tuple[int, ...], key: str) -> None:
 
 def check_norm(norm: str) -> None:
     if norm not in NORMS:
-        raise ValueError(f"model.norm={norm!r} is not supported; allowed values: {list(NORMS)}")
+        raise ValueError(f"model.net.norm={norm!r} is not supported; allowed values: {list(NORMS)}")
 
 
 def check_rgb(x: torch.Tensor) -> None:

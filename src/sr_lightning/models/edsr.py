@@ -15,6 +15,7 @@ class EDSR(nn.Module):
     EDSR ``n_resblocks=32, n_feats=256, res_scale=0.1``. The state_dict keys are those of the
     authors' code (``sub_mean``, ``head.0``, ``body.{i}.body.{0,2}``, ``body.{n}``, ``tail.0.{j}``,
     ``tail.1``, ``add_mean``), so their published ``.pt`` files load with ``strict=True``.
+    ``model_args`` holds the constructor arguments: checkpoints store it to rebuild the network.
     """
 
     def __init__(
@@ -30,6 +31,15 @@ class EDSR(nn.Module):
         check_norm(norm)
         self.scale = int(scale)
         self.scales = (self.scale,)
+        self.rgb_range = float(rgb_range)
+        self.model_args = {
+            "scale": self.scale,
+            "n_resblocks": int(n_resblocks),
+            "n_feats": int(n_feats),
+            "res_scale": float(res_scale),
+            "rgb_range": self.rgb_range,
+            "norm": norm,
+        }
         self.sub_mean = MeanShift(rgb_range, sign=-1)
         self.add_mean = MeanShift(rgb_range, sign=+1)
         self.head = nn.Sequential(conv(3, n_feats))

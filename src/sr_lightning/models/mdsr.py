@@ -18,7 +18,7 @@ class MDSR(nn.Module):
 
     Presets: MDSR-baseline ``n_resblocks=16``; MDSR ``n_resblocks=80`` (``n_feats=64``).
     State_dict keys as the authors' code: ``pre_process.{k}``, ``upsample.{k}``, ``tail.0``,
-    where ``k`` indexes ``scales`` (x2, x3, x4 -> 0, 1, 2).
+    where ``k`` indexes ``scales`` (x2, x3, x4 -> 0, 1, 2). ``model_args``: as EDSR's.
     """
 
     def __init__(
@@ -37,6 +37,15 @@ class MDSR(nn.Module):
             raise ValueError("MDSR needs at least one scale (model.scales / data.scales)")
         for s in self.scales:
             check_scale(s, SCALES_MDSR, "MDSR scale")
+        self.rgb_range = float(rgb_range)
+        self.model_args = {
+            "scales": list(self.scales),
+            "n_resblocks": int(n_resblocks),
+            "n_feats": int(n_feats),
+            "res_scale": float(res_scale),
+            "rgb_range": self.rgb_range,
+            "norm": norm,
+        }
         self.sub_mean = MeanShift(rgb_range, sign=-1)
         self.add_mean = MeanShift(rgb_range, sign=+1)
         self.pre_process = nn.ModuleList(

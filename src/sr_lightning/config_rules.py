@@ -1,0 +1,150 @@
+"""Config shaping: every rule that rewrites a ``train.py`` config before the run, one function
+each, applied in order by :func:`shape_train_config`. Nothing else edits the composed config."""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
+from omegaconf import DictConfig, OmegaConf, open_dict
+
+from .data.datamodule import per_device_batch
+
+log = logging.getLogger(__name__)
+
+SWEEP_PREFIX = "sweep:x"
+# DDP variants that tolerate parameters without a gradient in a step (MDSR's other scales)
+FIND_UNUSED = {
+    "auto": "ddp_find_unused_parameters_true",
+    "ddp": "ddp_find_unused_parameters_true",
+    "ddp_spawn": "ddp_spawn_find_unused_parameters_true",
+}
+SPAWNED = {
+    "ddp": "ddp_spawn",
+    "ddp_find_unused_parameters_true": "ddp_spawn_find_unused_parameters_true",
+}
+
+
+def world_size(cfg: DictConfig) -> int:
+    """Processes of a run: trainer.devices x trainer.num_nodes (a non-integer device spec,
+    e.g. "auto", counts as 1; a list counts its entries)."""
+    devices = cfg.trainer.get("devices", 1)
+    if not isinstance(devices, int):
+        devices = len(devices) if not isinstance(devices, str) else 1
+    return max(devices, 1) * cfg.trainer.get("num_nodes", 1)
+
+
+def refuse_untrainable_model(cfg: DictConfig) -> None:
+    if cfg.model.net.get("preset") == "bicubic":
+        raise ValueError(
+            "model=bicubic has nothing to train: score it with eval.py model=bicubic "
+            "(train.py prints the bicubic rows next to every trained model)"
+        )
+
+
+def check_batch_split(cfg: DictConfig) -> None:
+    """``data.batch_size`` is the global batch: it must split evenly over the processes."""
+    per_device_batch(cfg.data.batch_size, world_size(cfg))
+
+
+def find_unused_parameters_for_multiscale(cfg: DictConfig) -> None:
+    """MDSR trains one scale per step: the other scales' modules get no gradient, which DDP
+    must be told about (else it stops with "parameters that were not used")."""
+    if world_size(cfg) == 1 or len(cfg.data.scales) == 1:
+        return
+    strategy = cfg.trainer.get("strategy") or "auto"
+    if strategy in FIND_UNUSED:
+        log.info("multi-scale under DDP: trainer.strategy=%s", FIND_UNUSED[strategy])
+        with open_dict(cfg):
+            cfg.trainer.strategy = FIND_UNUSED[strategy]
+
+
+def spawn_ddp_under_multirun(cfg: DictConfig) -> None:
+    """Under ``-m``, run DDP as ``ddp_spawn``: Lightning's ``ddp`` launcher re-runs sys.argv
+    in each child, so every rank would start the whole sweep again (see README)."""
+    from lightning.fabric.plugins.environments import SLURMEnvironment
+
+    if not HydraConfig.initialized() or HydraConfig.get().mode != RunMode.MULTIRUN:
+        return
+    if SLURMEnvironment.detect():  # srun started one process per rank: keep ddp
+        return
+    strategy = cfg.trainer.get("strategy")
+    if strategy in SPAWNED:
+        log.info("multirun: trainer.strategy=%s runs as %s", strategy, SPAWNED[strategy])
+        with open_dict(cfg):
+            cfg.trainer.strategy = SPAWNED[strategy]
+
+
+def resolve_last_checkpoint(cfg: DictConfig) -> None:
+    """``ckpt_path=last``: the newest checkpoint in this run folder's ``checkpoints/`` (the
+    epoch-end ``last.ckpt``, the every-N-steps ``step*.ckpt`` or ``preempted.ckpt``)."""
+    if cfg.ckpt_path != "last":
+        return
+    folder = Path(cfg.paths.output_dir) / "checkpoints"
+    found = sorted(folder.glob("*.ckpt"), key=lambda p: p.stat().st_mtime)
+    if not found:
+        raise FileNotFoundError(
+            f"ckpt_path=last: no checkpoint in {folder}. To resume a run, start it in its own "
+            "folder: python train.py hydra.run.dir=<that run's folder> ckpt_path=last"
+        )
+    with open_dict(cfg):
+        cfg.ckpt_path = str(found[-1])
+
+
+def resolve_sweep_init(cfg: DictConfig) -> None:
+    """``model.init_from=sweep:x2``: the best checkpoint of the completed x2 job of this sweep."""
+    init_from = str(cfg.model.get("init_from") or "")
+    if not init_from.startswith(SWEEP_PREFIX):
+        return
+    scale = int(init_from[len(SWEEP_PREFIX) :])
+    output_dir = Path(cfg.paths.output_dir)
+    candidates = []
+    for job in sorted(output_dir.parent.iterdir()):
+        summary, config = job / "summary.json", job / "checkpoints" / "config.yaml"
+        if job == output_dir or not summary.is_file() or not config.is_file():
+            continue
+        done = json.loads(summary.read_text())["status"] == "completed"
+        if done and list(OmegaConf.load(config).data.scales) == [scale]:
+            candidates += sorted((job / "checkpoints").glob("best-*.ckpt"))
+    if not candidates:
+        raise FileNotFoundError(
+            f"model.init_from=sweep:x{scale}: no completed x{scale} job with a best checkpoint "
+            f"in {output_dir.parent}; run the x{scale} stage first in the same sweep"
+        )
+    with open_dict(cfg):
+        cfg.model.init_from = str(candidates[-1])
+
+
+def recipe_line(cfg: DictConfig) -> str:
+    """``recipe: global batch 16 = 4 devices x 4, lr 0.0001 (not rescaled), ...``."""
+    world, batch = world_size(cfg), cfg.data.batch_size
+    nodes, devices = cfg.trainer.get("num_nodes", 1), world // cfg.trainer.get("num_nodes", 1)
+    split = f"{devices} device{'s' if devices > 1 else ''} x {batch // world}"
+    if nodes > 1:
+        split = f"{nodes} nodes x {split}"
+    o = cfg.optim
+    return (
+        f"recipe: global batch {batch} = {split}, lr {o.lr:g} (not rescaled), halved every "
+        f"{o.lr_decay_steps} updates, {o.loss.upper()} loss, {cfg.trainer.max_epochs} epochs x "
+        f"{cfg.data.updates_per_epoch} updates, scales {list(cfg.data.scales)}, "
+        f"LR patch {cfg.data.patch_size}, precision {cfg.trainer.precision}"
+    )
+
+
+RULES = (
+    refuse_untrainable_model,
+    check_batch_split,
+    find_unused_parameters_for_multiscale,
+    spawn_ddp_under_multirun,
+    resolve_last_checkpoint,
+    resolve_sweep_init,
+)
+
+
+def shape_train_config(cfg: DictConfig) -> None:
+    """Apply every rule to ``cfg`` in place (the order of :data:`RULES`)."""
+    for rule in RULES:
+        rule(cfg)
