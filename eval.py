@@ -1,5 +1,7 @@
 """Evaluate a model on the SR benchmarks: ``python eval.py model=bicubic data.root=DIR``."""
 
+import sys
+
 import hydra
 from omegaconf import DictConfig
 
@@ -12,4 +14,5 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
+    sys.argv = sr_lightning.cli.prepare_command_line("eval", sys.argv)
     main()

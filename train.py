@@ -1,5 +1,7 @@
 """Train EDSR / MDSR: ``python train.py model=mdsr trainer.devices=4``."""
 
+import sys
+
 import hydra
 from omegaconf import DictConfig
 
@@ -14,4 +16,5 @@ def main(cfg: DictConfig) -> float | None:
 
 
 if __name__ == "__main__":
+    sys.argv = sr_lightning.cli.prepare_command_line("train", sys.argv)
     main()

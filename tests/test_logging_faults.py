@@ -270,6 +270,29 @@ def test_disk_full_logs_are_reported_and_training_goes_on(
     assert history.final and history.best  # summary.json still gets its numbers
 
 
+def in_forked_child(fn, *args) -> dict:
+    """``fn(*args)`` (a JSON-able dict) in a forked child, so that its resource limits and
+    signal dispositions never reach pytest; an exception comes back as ``{"error": ...}``."""
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child never returns into pytest
+        try:
+            os.close(read)
+            try:
+                result = fn(*args)
+            except BaseException:
+                result = {"error": traceback.format_exc()}
+            with os.fdopen(write, "w") as f:
+                json.dump(result, f)
+        finally:
+            os._exit(0)
+    os.close(write)
+    with os.fdopen(read) as f:
+        out = f.read()
+    os.waitpid(pid, 0)
+    return json.loads(out)
+
+
 def _fill_past_the_limit(log_dir: Path) -> dict:
     """In a forked child: writes under RLIMIT_FSIZE; returns what happened."""
     import resource
@@ -314,24 +337,7 @@ def test_efbig_cuts_a_failed_append_back_and_keeps_the_old_file(tmp_path):
     """Real EFBIG from the kernel (RLIMIT_FSIZE, in a forked child): an append that fails
     halfway is cut back to the last whole row, a failed header rewrite leaves the old file;
     one warning per file."""
-    read, write = os.pipe()
-    pid = os.fork()
-    if pid == 0:  # the child never returns into pytest
-        try:
-            os.close(read)
-            try:
-                result = _fill_past_the_limit(tmp_path)
-            except BaseException:
-                result = {"error": traceback.format_exc()}
-            with os.fdopen(write, "w") as f:
-                json.dump(result, f)
-        finally:
-            os._exit(0)
-    os.close(write)
-    with os.fdopen(read) as f:
-        out = f.read()
-    os.waitpid(pid, 0)
-    result = json.loads(out)
+    result = in_forked_child(_fill_past_the_limit, tmp_path)
     assert "error" not in result, result.get("error")
     assert result["same"], result  # byte-identical: no half row, no lost rows
     assert result["errors"] == [2, 2]
@@ -341,3 +347,51 @@ def test_efbig_cuts_a_failed_append_back_and_keeps_the_old_file(tmp_path):
     assert all("File too large" in w and "disk full? training continues" in w for w in warnings)
     assert str(tmp_path / "metrics.csv") in warnings[0]
     assert str(tmp_path / "history.csv") in warnings[1]
+
+
+def _rewrite_past_the_limit(folder: Path) -> dict:
+    """In a forked child: the run records (summary.json, config.yaml, a CSV rewritten on
+    resume) rewritten under RLIMIT_FSIZE; returns what happened."""
+    import resource
+    import signal
+
+    from sr_lightning.callbacks import drop_csv_rows_from
+    from sr_lightning.loggers import write_atomically
+
+    warnings: list[str] = []
+    handler = logging.Handler()
+    handler.emit = lambda record: warnings.append(record.getMessage())
+    logging.getLogger("sr_lightning").addHandler(handler)
+    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+    summary, config, history = folder / "summary.json", folder / "config.yaml", folder / "h.csv"
+    assert write_atomically(summary, '{"status": "completed"}\n')
+    assert write_atomically(config, "seed: 0\n")
+    history.write_text("step,key,value\n" + "".join(f"{i},loss,0.5\n" for i in range(60)))
+    before = {p.name: p.read_text() for p in (summary, config, history)}
+    resource.setrlimit(resource.RLIMIT_FSIZE, (64, resource.RLIM_INFINITY))
+    wrote = [
+        write_atomically(summary, '{"status": "failed", "error": "' + "x" * 200 + '"}\n'),
+        write_atomically(config, "seed: 0\n" + "# comment\n" * 20),
+        write_atomically(config, "seed: 1\n" + "# comment\n" * 20),  # reported once per file
+    ]
+    dropped = drop_csv_rows_from(history, "step", 30)
+    return {
+        "wrote": wrote,
+        "dropped": dropped,
+        "same": before == {p.name: p.read_text() for p in (summary, config, history)},
+        "files": sorted(os.listdir(folder)),
+        "warnings": warnings,
+    }
+
+
+def test_run_records_are_atomic_and_survive_a_full_disk(tmp_path):
+    """summary.json, config.yaml and the resume-time CSV rewrite go through a temporary file:
+    with the disk full (real EFBIG) the old file stays whole, one warning per file."""
+    result = in_forked_child(_rewrite_past_the_limit, tmp_path)
+    assert "error" not in result, result.get("error")
+    assert result["wrote"] == [False, False, False] and result["dropped"] == 0
+    assert result["same"], result
+    assert result["files"] == ["config.yaml", "h.csv", "summary.json"]  # no temporary file
+    warnings = result["warnings"]
+    assert len(warnings) == 3, warnings
+    assert all("run record: cannot write" in w and "disk full?" in w for w in warnings)

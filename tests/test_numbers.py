@@ -308,9 +308,9 @@ def test_eval_refuses_a_random_trainable_network(tmp_path):
         cwd=REPO,
     )
     assert proc.returncode != 0
-    assert "model=edsr_baseline without ckpt_path= would score a randomly initialised" in (
-        proc.stderr
-    )
+    said = proc.stdout + proc.stderr
+    assert "model=edsr_baseline without ckpt_path= would score a randomly initialised" in said
+    assert "Traceback" not in said
     assert not (tmp_path / "results.json").exists()
 
 

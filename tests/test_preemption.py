@@ -47,7 +47,23 @@ def reference(tmp_path_factory, sample_cache) -> Path:
     return run
 
 
-def start_and_kill(run: Path, cache: Path, sig: int, after_step: int) -> subprocess.Popen:
+PLUGINS = {"PYTHONPATH": str(REPO / "tests" / "plugins")}
+
+
+def resume_as_the_readme_says(run: Path, *extra: str, check: bool = True):
+    """``train.py hydra.run.dir=<run> ckpt_path=last``: the run's own overrides come back."""
+    return train([f"hydra.run.dir={run}", "ckpt_path=last", *extra], env=PLUGINS, check=check)
+
+
+def recorded_files(run: Path) -> dict[str, bytes]:
+    names = [".hydra/config.yaml", ".hydra/overrides.yaml", "summary.json"]
+    names += ["checkpoints/config.yaml"]
+    return {n: (run / n).read_bytes() for n in names if (run / n).exists()}
+
+
+def start_and_kill(
+    run: Path, cache: Path, sig: int, after_step: int, *extra: str
+) -> subprocess.Popen:
     """Start a slowed-down run; once a checkpoint of ``after_step`` exists, signal the whole
     process group (the trainer and its data worker, as SLURM does) and wait for the end."""
     slow = [
@@ -63,7 +79,7 @@ def start_and_kill(run: Path, cache: Path, sig: int, after_step: int) -> subproc
     }
     log = run.parent / f"killed-{sig}.log"  # a file, not a pipe that could fill up and block
     proc = subprocess.Popen(
-        [sys.executable, str(REPO / "train.py"), *args(cache, run), *slow],
+        [sys.executable, str(REPO / "train.py"), *args(cache, run), *slow, *extra],
         cwd=REPO,
         env=env,
         stdout=log.open("w"),
@@ -125,8 +141,13 @@ def test_sigkill_then_resume_equals_the_uninterrupted_run(tmp_path, sample_cache
     assert EVERY <= resume_at < STEPS
     # the killed process logged steps the checkpoint does not hold: they will run again
     assert max(train_steps_logged(run)) >= resume_at
-    train([*args(sample_cache, run), "ckpt_path=last"])
+    before = recorded_files(run)
+    resume_as_the_readme_says(run)  # no other override: the run's own config comes back
     assert_matches_reference(run, reference)
+    after = recorded_files(run)
+    assert {k: after[k] for k in before if k != "summary.json"} == {
+        k: v for k, v in before.items() if k != "summary.json"
+    }
 
 
 def test_sigterm_saves_a_checkpoint_then_resume_equals_the_uninterrupted_run(
@@ -140,6 +161,127 @@ def test_sigterm_saves_a_checkpoint_then_resume_equals_the_uninterrupted_run(
     step = ckpt_step(preempted)
     assert EVERY < step < STEPS  # saved at the step it was stopped, past the last periodic one
     assert f"checkpoint at step {step} saved" in proc.out
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["status"] == "preempted"
+    assert summary["error"] == f"SIGTERM at step {step}: resume with ckpt_path=last"
+    before = recorded_files(run)
+    refused = resume_as_the_readme_says(run, "trainer.max_epochs=5", "optim.lr=0.1", check=False)
+    assert refused.returncode != 0
+    assert "trainer.max_epochs=5 (the run has trainer.max_epochs=3)" in refused.stderr
+    assert "optim.lr=0.1 (the run has no such override)" in refused.stderr
+    assert recorded_files(run) == before  # a refused resume touches nothing
+    resume_as_the_readme_says(run)
+    assert_matches_reference(run, reference)
+
+
+def test_ctrl_c_is_recorded_as_interrupted(tmp_path, sample_cache):
+    """Ctrl-C in a terminal (SIGINT to the process group): Lightning shuts down gracefully;
+    the run exits 130 and its summary says interrupted, not failed."""
+    run = tmp_path / "run"
+    proc = start_and_kill(run, sample_cache, signal.SIGINT, after_step=EVERY)
+    assert proc.returncode == 130, proc.out[-3000:]
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["status"] == "interrupted", summary
+    assert summary["error"].startswith("Ctrl-C (KeyboardInterrupt) at step ")
+    assert "Traceback" not in proc.out
+
+
+DDP = ["trainer=ddp_cpu", "data.batch_size=4"]  # 2 gloo ranks, 2 patches each
+
+
+@pytest.fixture(scope="module")
+def ddp_reference(tmp_path_factory, sample_cache) -> Path:
+    run = tmp_path_factory.mktemp("ddp_reference") / "run"
+    train([*args(sample_cache, run), *DDP])
+    return run
+
+
+def test_sigterm_under_ddp_stops_every_rank_at_one_step_and_resumes_exactly(
+    tmp_path, sample_cache, ddp_reference
+):
+    """SIGTERM to the whole process group of a 2-rank DDP run (both ranks and their data
+    workers, as SLURM does): every rank stops after the same step, preempted.ckpt is written
+    once (rank 0), the run exits 143, and the README's resume ends equal to the
+    uninterrupted DDP run."""
+    run = tmp_path / "run"
+    probe = [
+        "+callbacks.probe._target_=batch_probe.BatchSizes",
+        f"+callbacks.probe.dirpath={tmp_path / 'probe'}",
+    ]
+    proc = start_and_kill(run, sample_cache, signal.SIGTERM, EVERY, *DDP, *probe)
+    assert proc.returncode == 143, proc.out[-3000:]
+    assert proc.out.count("SIGTERM: checkpoint at step") == 1, proc.out[-3000:]
+    assert [p.name for p in (run / "checkpoints").glob("preempted*")] == ["preempted.ckpt"]
+    step = ckpt_step(run / "checkpoints" / "preempted.ckpt")
+    last = []
+    for rank in (0, 1):
+        lines = (tmp_path / "probe" / f"batches-rank{rank}.txt").read_text().split()
+        last.append(int(lines[-3]))  # "<step> <lr patches> <hr patches>" per started step
+    assert last[0] == last[1] == step - 1, (last, step)  # both ran exactly the steps saved
     assert json.loads((run / "summary.json").read_text())["status"] == "preempted"
-    train([*args(sample_cache, run), "ckpt_path=last"])
+    resume_as_the_readme_says(run)
+    assert_matches_reference(run, ddp_reference)
+
+
+def slurm_env(tmp_path: Path, restarts: int = 0) -> dict[str, str]:
+    """What SLURM sets for a one-task job (Lightning's SLURMEnvironment detects it), and a
+    fake ``scontrol`` on PATH that records how it was called."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir(exist_ok=True)
+    fake = bin_dir / "scontrol"
+    fake.write_text(f'#!/bin/sh\necho "$@" >> {tmp_path / "scontrol.log"}\n')
+    fake.chmod(0o755)
+    return {
+        "SLURM_JOB_ID": "4242",
+        "SLURM_JOB_NAME": "sr-train",
+        "SLURM_NTASKS": "1",
+        "SLURM_NTASKS_PER_NODE": "1",
+        "SLURM_PROCID": "0",
+        "SLURM_LOCALID": "0",
+        "SLURM_NODEID": "0",
+        "SLURM_NODELIST": "localhost",
+        "SLURM_RESTART_COUNT": str(restarts),
+        "PATH": f"{bin_dir}:{os.environ['PATH']}",
+    }
+
+
+def test_slurm_requeue_is_lightnings_and_the_requeued_job_resumes(
+    tmp_path, sample_cache, reference
+):
+    """The choice (docs/reliability.md): Lightning's SLURMEnvironment requeues (auto_requeue,
+    on the SIGUSR1 of ``#SBATCH --signal=SIGUSR1@90``); submitit never does
+    (``max_num_timeout: 0``). Under SLURM's environment: SIGUSR1 saves an HPC checkpoint and
+    calls ``scontrol requeue <job id>``; SLURM then stops the job (SIGTERM); the requeued job,
+    the same command started again, resumes by itself and ends equal to the uninterrupted run."""
+    launcher = (REPO / "conf" / "hydra" / "launcher" / "slurm.yaml").read_text()
+    assert "max_num_timeout: 0" in launcher
+    trainer = (REPO / "conf" / "trainer" / "slurm.yaml").read_text()
+    assert "SLURMEnvironment" in trainer and "auto_requeue: true" in trainer
+
+    run = tmp_path / "run"
+    slow = ["+callbacks.slow._target_=slow_steps.SleepEveryStep", "+callbacks.slow.seconds=0.25"]
+    env = {**os.environ, "WANDB_MODE": "disabled", **PLUGINS, **slurm_env(tmp_path)}
+    log = tmp_path / "job.log"
+    command = [sys.executable, str(REPO / "train.py"), *args(sample_cache, run), *slow]
+    proc = subprocess.Popen(
+        command, cwd=REPO, env=env, stdout=log.open("w"), stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )  # fmt: skip
+    deadline = time.time() + 120
+    while not (run / "checkpoints" / f"step{EVERY:07d}.ckpt").exists():
+        assert proc.poll() is None and time.time() < deadline, log.read_text()[-3000:]
+        time.sleep(0.05)
+    os.kill(proc.pid, signal.SIGUSR1)  # SLURM, 90 s before the time limit
+    while not (tmp_path / "scontrol.log").exists():
+        assert proc.poll() is None and time.time() < deadline, log.read_text()[-3000:]
+        time.sleep(0.05)
+    assert (tmp_path / "scontrol.log").read_text().split() == ["requeue", "4242"]
+    assert (run / "hpc_ckpt_1.ckpt").is_file()
+    os.killpg(proc.pid, signal.SIGTERM)  # the requeue stops the job
+    assert proc.wait(timeout=120) == 143, log.read_text()[-3000:]
+    restarted = {**env, **slurm_env(tmp_path, restarts=1)}
+    again = subprocess.run(command, cwd=REPO, env=restarted, capture_output=True, text=True,
+                           timeout=300)  # fmt: skip
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert "hpc_ckpt_1.ckpt" in again.stdout + again.stderr  # restored by Lightning itself
     assert_matches_reference(run, reference)

@@ -73,14 +73,19 @@ def test_train_end_to_end_writes_results_and_checkpoints(tmp_path, sample_cache)
     assert (run / "csv" / "metrics.csv").read_text().count("val/sample/x2/psnr") == 1
 
 
-def test_resume_from_last_continues_at_the_right_step(tmp_path, sample_cache):
+def test_training_longer_from_a_checkpoint_continues_at_the_right_step(tmp_path, sample_cache):
+    """A run trained for 1 epoch, then for 2 from its checkpoint (a changed config: the
+    checkpoint is given by path; ckpt_path=last would refuse the new max_epochs)."""
     run = tmp_path / "run"
     train([*tiny_args(sample_cache), f"hydra.run.dir={run}", "trainer.max_epochs=1"])
-    assert ckpt_step(run / "checkpoints" / "last.ckpt") == 3
-    ckpt = torch.load(run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
+    last = run / "checkpoints" / "last.ckpt"
+    assert ckpt_step(last) == 3
+    ckpt = torch.load(last, map_location="cpu", weights_only=True)
     assert ckpt["lr_schedulers"][0]["last_epoch"] == 3  # step-wise LR schedule state saved
-    train([*tiny_args(sample_cache), f"hydra.run.dir={run}", "ckpt_path=last"])
-    assert ckpt_step(run / "checkpoints" / "last.ckpt") == 6
+    refused = train([f"hydra.run.dir={run}", "ckpt_path=last", "trainer.max_epochs=2"], check=False)
+    assert "trainer.max_epochs=2 (the run has trainer.max_epochs=1)" in refused.stderr
+    train([*tiny_args(sample_cache), f"hydra.run.dir={run}", f"ckpt_path={last}"])
+    assert ckpt_step(last) == 6
     import csv
 
     with open(run / "csv" / "metrics.csv") as f:
@@ -159,16 +164,26 @@ def test_bf16_mixed_runs_on_cpu(tmp_path, sample_cache):
     assert (run / "results.json").is_file()
 
 
-def test_wandb_offline_without_network(tmp_path, sample_cache):
+def test_wandb_offline_without_network_and_a_resume_continues_its_run(tmp_path, sample_cache):
+    """No key, no network: W&B logs offline, and the run's last lines name the folder and the
+    ``wandb sync`` command. The resumed run (same folder) continues the same W&B run id."""
+    from sr_lightning.loggers import run_id
+
     run = tmp_path / "run"
     env = {"HOME": str(tmp_path), "WANDB_MODE": None, "WANDB_API_KEY": None}
-    train(
-        [*tiny_args(sample_cache), f"hydra.run.dir={run}", "logger=wandb", "trainer.max_epochs=1"],
-        env=env,
-    )
+    args = [*tiny_args(sample_cache), f"hydra.run.dir={run}", "logger=wandb"]
+    first = train([*args, "trainer.max_epochs=1"], env=env)
     runs = list((run / "wandb").glob("offline-run-*"))
-    assert len(runs) == 1 and list(runs[0].glob("run-*.wandb"))
+    assert len(runs) == 1 and list(runs[0].glob(f"run-{run_id(run)}.wandb"))
     assert len(list(runs[0].rglob("files/media/images/**/panel*.png"))) == 2  # val panels
+    last = first.stdout.strip().splitlines()[-2:]
+    assert last == [
+        f"W&B: offline run {run_id(run)} in {runs[0]}",
+        f"  upload it with: wandb sync {runs[0]}",
+    ]
+    train([f"hydra.run.dir={run}", "ckpt_path=last"], env=env)  # the README's resume
+    ids = sorted(p.name for p in (run / "wandb").glob("offline-run-*/run-*.wandb"))
+    assert ids == [f"run-{run_id(run)}.wandb"] * 2  # two offline segments of one W&B run
 
 
 def test_mdsr_trains_on_mixed_scales_under_ddp(tmp_path, sample_cache):

@@ -16,12 +16,27 @@ from omegaconf import DictConfig, OmegaConf
 
 from .callbacks import DivergenceError
 from .checkpoint import load_network
-from .config_check import check_keys
-from .config_rules import recipe_line, shape_train_config, world_size
+from .config_check import ConfigKeyError, check_command_line, check_keys
+from .config_rules import recipe_line, restore_run_overrides, shape_train_config, world_size
+from .data.io import ImageError
 from .evaluate import check_scales, evaluate, format_table, test_rows, write_results
+from .loggers import write_atomically
 from .models import Bicubic, count_trainable, describe, record
 
 log = logging.getLogger(__name__)
+
+
+def prepare_command_line(config_name: str, argv: list[str]) -> list[str]:
+    """What ``train.py`` / ``eval.py`` do before Hydra sees the command line: a resume gets
+    its run's own overrides back (``train``), and a misspelt key gets our did-you-mean."""
+    if config_name == "train":
+        argv = restore_run_overrides(argv)
+    try:
+        check_command_line(config_name, argv)
+    except ConfigKeyError as e:
+        print(f"error: {e}", file=sys.stderr)
+        raise SystemExit(2) from None
+    return argv
 
 
 def eval_network(cfg: DictConfig):
@@ -45,6 +60,14 @@ def run_eval(cfg: DictConfig) -> list[dict]:
     """``eval.py``: score the network on ``data.benchmarks`` at ``data.scales`` (default: every
     scale it has); prints the table and writes the JSON rows."""
     check_keys(cfg, "eval")
+    try:
+        return score_and_report(cfg)
+    except (FileNotFoundError, ImageError, ValueError) as e:  # named files and keys: no trace
+        log.error("%s", e)
+        raise SystemExit(1) from None
+
+
+def score_and_report(cfg: DictConfig) -> list[dict]:
     net, name = eval_network(cfg)
     scales = list(cfg.data.scales) if cfg.data.get("scales") else list(net.scales)
     rows = evaluate(
@@ -63,8 +86,8 @@ def run_eval(cfg: DictConfig) -> list[dict]:
         num_workers=min(cfg.data.num_workers, 1),
     )
     print(format_table(rows))
-    path = write_results(rows, cfg.results_path)
-    print(f"results written to {path}")
+    if write_results(rows, cfg.results_path):
+        print(f"results written to {cfg.results_path}")
     return rows
 
 
@@ -80,8 +103,9 @@ def test_and_report(trainer, module, datamodule, cfg: DictConfig) -> list[dict]:
     rows += test_rows(trainer, bicubic, datamodule, "bicubic")
     if trainer.is_global_zero:
         print(format_table(rows))
-        path = write_results(rows, Path(cfg.paths.output_dir) / "results.json")
-        print(f"results written to {path}")
+        path = Path(cfg.paths.output_dir) / "results.json"
+        if write_results(rows, path):
+            print(f"results written to {path}")
         log_result_table(trainer, rows)
     return rows
 
@@ -132,13 +156,14 @@ def run_train(cfg: DictConfig) -> dict:
     L.seed_everything(cfg.seed, workers=True)
     trainer, module, datamodule = build_training(cfg)
     out = Path(cfg.paths.output_dir)
-    if trainer.is_global_zero:
-        (out / "checkpoints").mkdir(parents=True, exist_ok=True)
-        OmegaConf.save(cfg, out / "checkpoints" / "config.yaml", resolve=True)
+    resuming = cfg.ckpt_path is not None
+    if trainer.is_global_zero and not (resuming and (out / "checkpoints" / "config.yaml").exists()):
+        write_atomically(out / "checkpoints" / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
     for logger in trainer.loggers:  # the whole resolved config (rank zero inside)
         logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
     start, status, error, metrics = time.time(), "failed", None, {}
     try:
+        datamodule.check_sets(decode=trainer.is_global_zero)
         trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.ckpt_path)
         metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
         if cfg.test_after_fit and datamodule.benchmarks:
@@ -153,15 +178,39 @@ def run_train(cfg: DictConfig) -> dict:
             return {"val/psnr": float("nan")}
         if trainer.received_sigterm:  # pre-empted: checkpoint saved by the Resumable callback
             status = "preempted"
+            error = f"SIGTERM at step {trainer.global_step}: resume with ckpt_path=last"
             log.warning("pre-empted by SIGTERM at step %d", trainer.global_step)
             raise SystemExit(128 + signal.SIGTERM) from e  # 143, as if killed by the signal
+        if isinstance(e, KeyboardInterrupt | SystemExit) and trainer.interrupted:
+            status = "interrupted"  # Ctrl-C: Lightning shut down and exits with 1
+            error = f"Ctrl-C (KeyboardInterrupt) at step {trainer.global_step}"
+            raise SystemExit(128 + signal.SIGINT) from e  # 130, as a shell reports Ctrl-C
+        if isinstance(e, FileNotFoundError | ImageError):  # a data set or file, named
+            log.error("%s", e)
+            raise SystemExit(1) from None
         raise
     finally:
-        if trainer.is_global_zero:
+        # a resume that fails before it restored anything leaves the run's summary as it was
+        if trainer.is_global_zero and not (resuming and trainer.global_step == 0):
             write_summary(cfg, trainer, module, datamodule, status, error, time.time() - start)
-            wandb = sys.modules.get("wandb")  # imported only if a W&B logger was used
-            if wandb is not None and wandb.run is not None:
-                wandb.finish()
+        if trainer.is_global_zero:
+            finish_wandb()
+
+
+def finish_wandb() -> None:
+    """Close the W&B run (a multirun's next job must not log into it) and say where it went:
+    its page, or the offline folder and the ``wandb sync`` command that uploads it."""
+    wandb = sys.modules.get("wandb")  # imported only if a W&B logger was used
+    if wandb is None or wandb.run is None:
+        return
+    run = wandb.run
+    offline = run.settings.mode in ("offline", "dryrun")
+    where = run.settings.sync_dir if offline else run.url
+    wandb.finish()
+    if offline:
+        print(f"W&B: offline run {run.id} in {where}\n  upload it with: wandb sync {where}")
+    elif where:
+        print(f"W&B: {where}")
 
 
 def write_summary(
@@ -185,5 +234,5 @@ def write_summary(
         "final": history.final if history else {},
         "protocols": {f"{d.name}/x{d.scale}": d.protocol.as_dict() for d in datamodule.val_data},
     }
-    path = Path(cfg.paths.output_dir) / "summary.json"
-    path.write_text(json.dumps(summary, indent=2, allow_nan=True) + "\n")
+    text = json.dumps(summary, indent=2, allow_nan=True) + "\n"
+    write_atomically(Path(cfg.paths.output_dir) / "summary.json", text)

@@ -34,6 +34,7 @@ import difflib
 import importlib
 import inspect
 import logging
+import re
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -310,3 +311,50 @@ def check_keys(cfg: DictConfig, kind: str = "train") -> None:
     checker.run(tree)
     if checker.problems:
         raise ConfigKeyError(checker.problems)
+
+
+def check_command_line(config_name: str, argv: list[str]) -> None:
+    """Our did-you-mean for a misspelt key on the command line, before Hydra's own advice.
+
+    Hydra refuses ``model.net.n_resblock=4`` (not in struct) and suggests appending it with
+    ``+``. Here the command line is composed first (each sweep reduced to its first value);
+    every override Hydra refuses for that reason is added with ``+`` instead, and the result
+    goes through :func:`check_keys`, whose error names the key and a close match. Command
+    lines that compose, or fail for another reason, are left to Hydra.
+    """
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.errors import ConfigCompositionException, OverrideParseException
+
+    args = argv[1:]
+    if any(a.startswith("-") and a not in ("-m", "--multirun") for a in args):
+        return  # --config-dir, --cfg, --help ...: Hydra's business
+    try:
+        parsed = OverridesParser.create().parse_overrides([a for a in args if a[:1] != "-"])
+    except OverrideParseException:
+        return
+    overrides = [
+        o.input_line
+        if not o.is_sweep_override()
+        else f"{o.input_line.split('=', 1)[0]}={next(iter(o.sweep_string_iterator()))}"
+        for o in parsed
+    ]
+    added = False
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(str(REPO_CONF), version_base="1.3"):
+        for _ in range(len(overrides) + 1):
+            try:
+                cfg = compose(config_name, overrides=overrides, return_hydra_config=True)
+                break
+            except ConfigCompositionException as e:
+                match = re.search(r"To append to your config use \+(\S+)", str(e))
+                if not match or match[1] not in overrides:
+                    return
+                overrides[overrides.index(match[1])] = f"+{match[1]}"
+                added = True
+        else:
+            return
+    GlobalHydra.instance().clear()
+    if added:
+        check_keys(cfg, config_name)

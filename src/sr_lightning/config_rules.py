@@ -144,6 +144,50 @@ RULES = (
 )
 
 
+VALUE_FLAGS = ("--config-dir", "-cd", "--config-path", "-cp", "--config-name", "-cn")
+
+
+def _override_key(override: str) -> str:
+    return override.split("=", 1)[0].lstrip("+~")
+
+
+def restore_run_overrides(argv: list[str]) -> list[str]:
+    """``train.py hydra.run.dir=<run> ckpt_path=last``: resume that run as it was configured.
+
+    The command line gets the run's own overrides (``<run>/.hydra/overrides.yaml``) in front
+    of the new ones, and ``hydra.output_subdir=null``: nothing the run recorded is rewritten
+    before it has resumed. An override that is not one of the run's own would change the run
+    half-way: it is refused, naming it and the run's. Any other command line is returned as it
+    is.
+    """
+    args = argv[1:]
+    run_dir = next((a.split("=", 1)[1] for a in args if a.startswith("hydra.run.dir=")), None)
+    if "ckpt_path=last" not in args or run_dir is None or {"-m", "--multirun"} & set(args):
+        return argv
+    recorded_file = Path(run_dir).expanduser() / ".hydra" / "overrides.yaml"
+    if not recorded_file.is_file():
+        return argv  # not a run folder of ours: ckpt_path=last says what is missing
+    recorded = [str(o) for o in OmegaConf.to_container(OmegaConf.load(recorded_file))]
+    if args[: len(recorded)] == recorded:
+        return argv  # restored already (a DDP rank, started by Lightning from this argv)
+    by_key = {_override_key(o): o for o in recorded}
+    new, conflicts, pending_value = [], [], False
+    for arg in args:
+        if pending_value or arg.startswith(("-", "hydra.", "ckpt_path=")):
+            new.append(arg)
+            pending_value = arg in VALUE_FLAGS
+        elif by_key.get(_override_key(arg)) != arg:  # the value the run ended up with
+            was = by_key.get(_override_key(arg))
+            conflicts.append(f"{arg} (the run has {was or 'no such override'})")
+    if conflicts:
+        raise SystemExit(
+            f"resume of {run_dir}: these overrides contradict the run's own ({recorded_file}): "
+            + "; ".join(conflicts)
+            + f". Resume it as it was: python train.py hydra.run.dir={run_dir} ckpt_path=last"
+        )
+    return [argv[0], *recorded, *new, "hydra.output_subdir=null"]
+
+
 def shape_train_config(cfg: DictConfig) -> None:
     """Apply every rule to ``cfg`` in place (the order of :data:`RULES`)."""
     for rule in RULES:

@@ -26,6 +26,7 @@ from torch import nn
 
 from .data.datamodule import SRDataModule
 from .lit_module import EvalResult, SRLitModule
+from .loggers import write_atomically
 from .protocol import Protocol
 
 log = logging.getLogger(__name__)
@@ -119,6 +120,7 @@ def evaluate(
         div2k_val_range=tuple(div2k_range),
         protocol=protocol,
     )
+    datamodule.check_sets(train=False)  # a missing set or corrupt image: named, no number
     module = SRLitModule(
         model, self_ensemble=self_ensemble, val_tile=tile, val_tile_overlap=tile_overlap
     )
@@ -148,10 +150,6 @@ def format_table(rows: Sequence[dict]) -> str:
     return "\n".join(lines)
 
 
-def write_results(rows: Sequence[dict], path: str | Path) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(list(rows), indent=2) + "\n")
-    tmp.replace(path)
-    return path
+def write_results(rows: Sequence[dict], path: str | Path) -> bool:
+    """``results.json`` (atomically); False, with a warning, if the disk refused it."""
+    return write_atomically(path, json.dumps(list(rows), indent=2) + "\n")

@@ -59,6 +59,29 @@ class WriteErrors:
         )
 
 
+RUN_RECORDS = WriteErrors("run record")  # summary.json, config.yaml, results.json, CSV rewrites
+
+
+def write_atomically(path: str | os.PathLike, text: str, errors: WriteErrors = RUN_RECORDS) -> bool:
+    """Write ``text`` to a temporary file beside ``path`` and rename it into place: a crash or
+    a full disk leaves the old file whole. A failed write is reported once (``errors``) and
+    returns False; training goes on."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(tmp, "w") as f:
+            f.write(text)
+        os.replace(tmp, path)
+        return True
+    except OSError as e:
+        errors.report(e, path)
+        return False
+    finally:
+        with contextlib.suppress(OSError):
+            tmp.unlink(missing_ok=True)
+
+
 def truncate_quietly(path: str | os.PathLike, size: int) -> None:
     """Cut a partly appended write off ``path`` (best effort: needs no free space)."""
     with contextlib.suppress(OSError):
@@ -203,6 +226,13 @@ def probe_tcp(url: str, timeout: float) -> str | None:
     return outcome[0] if outcome else f"no answer from {host}:{port} within {timeout:g} s"
 
 
+def run_id(save_dir: str | os.PathLike) -> str:
+    """The W&B run id of a run folder: 16 hex digits of its absolute path."""
+    import hashlib
+
+    return hashlib.sha1(str(Path(save_dir).resolve()).encode()).hexdigest()[:16]
+
+
 def _short(e: BaseException) -> str:
     return f"{type(e).__name__}: {(str(e).splitlines() or [''])[0]}"
 
@@ -226,6 +256,10 @@ class WandbLogger(_WandbLogger):
         probe_timeout: float = 3.0,
         **kwargs: Any,
     ) -> None:
+        if not (args or kwargs.get("id") or kwargs.get("version")) and kwargs.get("save_dir"):
+            # one W&B run per run folder: a resumed run (same folder) continues it, online or
+            # offline (Lightning passes resume="allow")
+            kwargs["id"] = run_id(kwargs["save_dir"])
         super().__init__(*args, **kwargs)
         self._init_timeout = init_timeout
         self._probe_timeout = probe_timeout
@@ -258,8 +292,9 @@ class WandbLogger(_WandbLogger):
         import wandb
 
         create = _WandbLogger.experiment.fget  # Lightning's: wandb.init, define_metric
-        new_run = wandb.run is None and getattr(self, "_attach_id", None) is None
-        if self._experiment is not None or not new_run:
+        # a pickled copy (a ddp_spawn worker) attaches to its parent's run: Lightning's way
+        attached = getattr(self, "_attach_id", None) is not None
+        if self._experiment is not None or wandb.run is not None or attached:
             return create(self)
         mode = self._requested_mode()
         if mode not in _ONLINE_MODES:
@@ -294,6 +329,8 @@ class WandbLogger(_WandbLogger):
 
     def _fall_back(self, create: Any, reason: str) -> Any:
         self._wandb_init["mode"] = "offline"
+        # the failed online attempt keeps its id "in use" in wandb's service: a fresh one
+        self._wandb_init.pop("id", None)
         self._log_model = False  # checkpoints cannot be uploaded offline
         try:
             run = create(self)

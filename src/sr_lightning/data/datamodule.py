@@ -2,10 +2,17 @@
 
 from __future__ import annotations
 
+import atexit
 import logging
+import multiprocessing
+import os
 import signal
+import threading
+import time
 from collections.abc import Sequence
+from functools import partial
 from pathlib import Path
+from typing import Any
 
 import lightning as L
 import torch
@@ -57,11 +64,45 @@ def per_device_batch(batch_size: int, world_size: int) -> int:
     return batch_size // world_size
 
 
-def leave_sigterm_to_trainer(worker_id: int) -> None:
-    """Data workers ignore SIGTERM (SLURM sends it to every process of the job): the trainer
-    then finishes its step, saves a checkpoint and shuts the workers down itself. A worker
-    killed by it would abort the step half-way."""
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+SIGTERM_GRACE_S = 30.0  # a worker SIGTERMed while its parent trains on stops after this
+_PARENT_EXITING: Any = None
+
+
+def parent_exit_flag() -> Any:
+    """A shared-memory flag the main process sets when its interpreter exits (before
+    multiprocessing's own exit handler SIGTERMs and joins the daemonic loader workers). A raw
+    value, polled: a ``multiprocessing.Event`` would block its setter on waiters that died."""
+    global _PARENT_EXITING
+    if _PARENT_EXITING is None:
+        _PARENT_EXITING = multiprocessing.RawValue("b", 0)
+        atexit.register(setattr, _PARENT_EXITING, "value", 1)  # runs before multiprocessing's
+    return _PARENT_EXITING
+
+
+def finish_step_on_sigterm(parent_exiting: Any, worker_id: int) -> None:
+    """SIGTERM handling of a data worker (its ``worker_init_fn``).
+
+    SLURM sends SIGTERM to every process of a job: a worker must not die then, or the trainer's
+    step breaks half-way (a worker killed by a signal makes torch raise in the main process at
+    once). So a SIGTERM does not stop the worker while its parent trains: the trainer finishes
+    the step, saves ``preempted.ckpt`` and shuts the loader down itself. But when the parent
+    is exiting (Python's exit handler SIGTERMs its daemonic children, then waits for them), or
+    has not stopped the worker within ``SIGTERM_GRACE_S``, the worker exits at once with status
+    0 (which torch does not report as a crash): no process hangs at exit.
+    """
+
+    def wait_then_exit() -> None:
+        deadline = time.monotonic() + SIGTERM_GRACE_S
+        while not parent_exiting.value and time.monotonic() < deadline:
+            time.sleep(0.05)
+        os._exit(0)
+
+    def on_sigterm(signum: int, frame: object) -> None:
+        if parent_exiting.value:
+            os._exit(0)
+        threading.Thread(target=wait_then_exit, daemon=True).start()
+
+    signal.signal(signal.SIGTERM, on_sigterm)
 
 
 class SRDataModule(L.LightningDataModule):
@@ -160,6 +201,18 @@ class SRDataModule(L.LightningDataModule):
                 images[scale].append(rgb)
         return images
 
+    def check_sets(self, train: bool = True, decode: bool = True) -> None:
+        """Find every data set the run will read (training set, validation and test sets)
+        and decode the evaluation images into the cache (``decode``), before the first
+        update: a wrong ``data.root`` or a corrupt file fails now, naming it, not after
+        hours of training."""
+        if train:
+            for scale in self.scales:
+                self.train_pairs(scale)
+        for data in self._eval_sets([*self.val_sets, *self.benchmarks], split="val"):
+            for pair in data.pairs if decode else ():
+                aligned_pair(pair, data.scale, self.cache_dir)
+
     def prepare_data(self) -> None:
         """Decode every training image once into the cache (local rank 0 only; for fitting,
         not for a test-only run such as ``eval.py``)."""
@@ -224,7 +277,7 @@ class SRDataModule(L.LightningDataModule):
             num_workers=workers,
             pin_memory=self.pin_memory and torch.cuda.is_available(),
             prefetch_factor=4 if workers > 0 else None,
-            worker_init_fn=leave_sigterm_to_trainer,
+            worker_init_fn=partial(finish_step_on_sigterm, parent_exit_flag()),
         )
 
     def _eval_loaders(self, sets: list[EvalDataset]) -> list[DataLoader]:
@@ -235,7 +288,7 @@ class SRDataModule(L.LightningDataModule):
                 batch_size=1,  # whole images of different sizes
                 sampler=UnpaddedDistributedSampler(ds, world, rank) if world > 1 else None,
                 num_workers=min(self.num_workers, 1),
-                worker_init_fn=leave_sigterm_to_trainer,
+                worker_init_fn=partial(finish_step_on_sigterm, parent_exit_flag()),
             )
             for ds in sets
         ]
