@@ -165,7 +165,7 @@ def test_sample_data_trains_and_validates(tmp_path):
     )
     dm.prepare_data()
     dm.setup("fit")
-    assert len(dm.train_data.images[3]) == 4 and [len(d) for d in dm.val_data] == [2]
+    assert len(dm.train_data.images[3]) == 14 and [len(d) for d in dm.val_data] == [2]
     item = dm.val_data[0][0]
     assert item["hr"].shape[-2:] == tuple(3 * s for s in item["lr"].shape[-2:])
 
@@ -227,3 +227,14 @@ def test_bad_layouts_are_named(tmp_path):
 def test_bad_config_values_name_the_key(tmp_path, key, value, match):
     with pytest.raises(ValueError, match=match):
         SRDataModule(root=str(tmp_path), **{key: value})
+
+
+def test_sample_dir_drops_images_its_version_does_not_list(tmp_path):
+    pytest.importorskip("skimage", reason="data=sample needs scikit-image")
+    from sr_lightning.data.sample import SAMPLE_TRAIN, SAMPLE_VAL, sample_dir
+
+    root = sample_dir(tmp_path)
+    (root / "val" / "chelsea.png").write_bytes((root / "val" / "coffee.png").read_bytes())
+    sample_dir(tmp_path)  # e.g. an image moved from val to train by a newer version
+    assert sorted(p.stem for p in (root / "val").glob("*.png")) == sorted(SAMPLE_VAL)
+    assert sorted(p.stem for p in (root / "train").glob("*.png")) == sorted(SAMPLE_TRAIN)

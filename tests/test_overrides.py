@@ -148,3 +148,13 @@ def test_lightning_sigterm_handler_still_needs_replacing_under_ddp():
     loop = inspect.getsource(_TrainingEpochLoop)  # the flag is read after on_train_batch_end
     batch_end = loop.index('_call_callback_hooks(trainer, "on_train_batch_end"')
     assert "and self.trainer.received_sigterm:" in loop[batch_end:]
+
+
+def test_spawned_test_results_stay_in_the_workers():
+    """cli.test_and_report tests in the main process when the strategy spawns its workers
+    (ddp_spawn, a DDP job of a multirun): Lightning's spawn launcher sends back the weights
+    and ``callback_metrics`` only, not attributes set on the module (the result rows)."""
+    from lightning.pytorch.strategies.launchers import _MultiProcessingLauncher
+
+    extra = inspect.getsource(_MultiProcessingLauncher.get_extra_results)
+    assert "trainer.callback_metrics" in extra and "lightning_module" not in extra

@@ -87,7 +87,7 @@ print(type(dm).__name__, type(module).__name__, type(module.net).__name__, dm.sc
     )
     proc = python(code)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert "SRDataModule SRLitModule EDSR [2] 0.0005 6" in proc.stdout
+    assert "SRDataModule SRLitModule EDSR [2] 0.0005 8" in proc.stdout
 
 
 @pytest.mark.slow

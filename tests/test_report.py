@@ -29,7 +29,15 @@ def write_job(sweep: Path, i: int, norm: str, res_scale: str) -> None:
         return
     psnr = 30.0 + i + 0.123456
     diverged = i == DIVERGED
-    best = {"val/psnr": psnr, "val/Set5/x2/psnr": psnr, "val/Set14/x2/psnr": psnr - 2}
+    best = {
+        "val/psnr": psnr,
+        "val/Set5/x2/psnr": psnr,
+        "val/Set5/x2/ssim": 0.9,
+        "val/Set5/x2/bicubic_psnr": 31.5,  # jobs 0 and 1 are below bicubic
+        "val/Set14/x2/psnr": psnr - 2,
+        "val/Set14/x2/ssim": 0.8,
+        "val/Set14/x2/bicubic_psnr": 27.0,
+    }
     summary = {
         "model": "edsr_baseline",
         "params": 1234567,
@@ -87,10 +95,15 @@ def test_markdown_table(sweep):
         "steps",
         "wall time",
         "Set5 x2 PSNR",
+        "Set5 x2 SSIM",
+        "Set5 x2 bicubic",
         "Set14 x2 PSNR",
+        "Set14 x2 SSIM",
+        "Set14 x2 bicubic",
         "diverged",
         "status",
     ]
+    assert "Set5 x2: jobs 0, 1 below bicubic" in md  # a sweep below bicubic says so
     assert "trainer.max_steps" not in md  # constant across jobs: not swept
     assert len(rows) == 4 and [r[0] for r in rows] == ["0", "1", "2", "3"]
     by_job = {r[0]: dict(zip(header, r, strict=True)) for r in rows}
@@ -102,7 +115,11 @@ def test_markdown_table(sweep):
         "steps": "10",
         "wall time": "4.5 min",
         "Set5 x2 PSNR": "30.12",
+        "Set5 x2 SSIM": "0.9000",
+        "Set5 x2 bicubic": "31.50",
         "Set14 x2 PSNR": "28.12",
+        "Set14 x2 SSIM": "0.8000",
+        "Set14 x2 bicubic": "27.00",
         "diverged": "no",
         "status": "completed",
     }
@@ -145,7 +162,11 @@ def test_csv_and_report_object(sweep, tmp_path):
         "steps",
         "wall_time_s",
         "val/Set5/x2/psnr",
+        "val/Set5/x2/ssim",
+        "val/Set5/x2/bicubic_psnr",
         "val/Set14/x2/psnr",
+        "val/Set14/x2/ssim",
+        "val/Set14/x2/bicubic_psnr",
         "diverged",
         "status",
     ]
@@ -180,6 +201,15 @@ def test_single_job_shows_all_overrides(sweep):
     assert report.columns[1:4] == ["model.net.norm", "model.net.res_scale", "trainer.max_steps"]
 
 
+def test_a_single_run_folder_is_a_report_too(sweep):
+    pytest.importorskip("matplotlib")
+    run = sweep / "2"
+    report = build_report(run)
+    assert [r["job"] for r in report.rows] == ["2"]
+    assert report.rows[0]["val/Set5/x2/psnr"] == pytest.approx(32.123456)
+    assert (run / "report.md").is_file()
+
+
 def test_main(sweep, tmp_path, capsys):
     pytest.importorskip("matplotlib")
     assert main([str(sweep), "--out", str(tmp_path / "out")]) == 0
@@ -192,7 +222,7 @@ def test_main_errors(tmp_path, capsys):
     assert "multirun folder not found" in capsys.readouterr().err
     (tmp_path / "empty").mkdir()
     assert main([str(tmp_path / "empty")]) == 1
-    assert "no job folders" in capsys.readouterr().err
+    assert "no job folders (0, 1, ...) and no summary.json" in capsys.readouterr().err
 
 
 def test_wandb_disabled_is_a_warning(sweep, monkeypatch, capsys):

@@ -99,8 +99,8 @@ def test_report_marks_a_job_without_summary_as_failed(tmp_path, capsys):
             (job / "history.csv").write_text("step,key,value\n5,val/psnr,30.5\n")
     assert report_main([str(tmp_path)]) == 0
     md = (tmp_path / "report.md").read_text()
-    assert "| 0 | 1e-4 | 1,234 | 5 | 3.0 s | 30.50 | no | completed |" in md
-    assert "| 1 | 1e-3 | - | - | - | - | no | failed |" in md
+    assert "| 0 | 1e-4 | 1,234 | 5 | 3.0 s | 30.50 | - | - | no | completed |" in md
+    assert "| 1 | 1e-3 | - | - | - | - | - | - | no | failed |" in md
     assert "trainer.max_steps" not in md  # constant across jobs: not a swept column
     assert report_main([str(tmp_path / "missing")]) == 1
     assert "multirun folder not found" in capsys.readouterr().err

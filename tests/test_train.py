@@ -16,15 +16,21 @@ REPO = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.slow
 
 
+# a 1x8 EDSR, 12 px patches, 2 per batch, 3 updates an epoch: seconds on any CPU
+TINY = [
+    "model.net.n_resblocks=1",
+    "model.net.n_feats=8",
+    "data.patch_size=12",
+    "data.batch_size=2",
+    "data.num_workers=0",
+    "data.updates_per_epoch=3",
+]
+
+
 def tiny_args(cache_dir: Path) -> list[str]:
     return [
         "experiment=quickstart",
-        "model.net.n_resblocks=1",
-        "model.net.n_feats=8",
-        "data.patch_size=12",
-        "data.batch_size=2",
-        "data.num_workers=0",
-        "data.updates_per_epoch=3",
+        *TINY,
         "trainer.max_epochs=2",
         "trainer.log_every_n_steps=1",
         "callbacks.step_checkpoint.every_n_train_steps=2",
@@ -71,6 +77,38 @@ def test_train_end_to_end_writes_results_and_checkpoints(tmp_path, sample_cache)
     assert ckpt_step(run / "checkpoints" / "last.ckpt") == 6
     assert (run / "checkpoints" / "config.yaml").is_file()
     assert (run / "csv" / "metrics.csv").read_text().count("val/sample/x2/psnr") == 1
+    # what a researcher sees: pictures, curves, per-image results, the run's own log lines
+    from PIL import Image
+
+    samples = sorted(p.name for p in (run / "samples").glob("*.png"))
+    assert samples == [
+        f"sample_x2_{image}_step{step}.png" for image in ("astronaut", "coffee") for step in (3, 6)
+    ]
+    for path in [*(run / "samples").glob("*.png"), run / "curves.png"]:
+        with Image.open(path) as im:
+            im.verify()
+    with Image.open(run / "samples" / samples[0]) as im:  # 4 crops of 48 LR = 96 HR px
+        assert im.size == (4 * 96 + 3 * 2, 96 + 14)
+    import csv
+
+    with open(run / "per_image.csv", newline="") as f:
+        per_image = list(csv.DictReader(f))
+    assert {(r["model"], r["image"]) for r in per_image} == {
+        (m, i) for m in ("edsr 1x8", "bicubic") for i in ("astronaut", "coffee")
+    }
+    for row in rows:  # results.json's mean is the mean of the per-image rows
+        values = [float(r["psnr"]) for r in per_image if r["model"] == row["model"]]
+        assert row["psnr"] == pytest.approx(sum(values) / len(values), abs=1e-4)
+    said = proc.stdout + proc.stderr
+    for noise in ("Warning", "LeafSpec", "litlogger", "exists and is not empty", "Total FLOPs"):
+        assert noise not in said, noise  # a quiet console: no library noise, no warning
+    log = (run / "train.log").read_text()
+    assert "recipe: global batch 2" in log and "`Trainer.fit` stopped" in log
+    assert "py.warnings" not in log
+    assert proc.stdout.strip().splitlines()[-2:] == [
+        f"pictures: 4 validation crops in {run / 'samples'}",
+        f"curves: {run / 'curves.png'}",
+    ]
 
 
 def test_training_longer_from_a_checkpoint_continues_at_the_right_step(tmp_path, sample_cache):
@@ -145,6 +183,8 @@ def test_ddp_cpu_multirun_folders_and_a_diverged_job(tmp_path, sample_cache):
     assert diverged["error"].startswith("non-finite training loss at step")
     assert completed["status"] == "completed"
     assert (sweep / "1" / "checkpoints" / "last.ckpt").is_file()
+    tested = json.loads((sweep / "1" / "results.json").read_text())  # tested in the parent
+    assert [(r["model"], r["n_images"]) for r in tested] == [("edsr 1x8", 2), ("bicubic", 2)]
     for job in jobs:
         cfg = (sweep / job / "checkpoints" / "config.yaml").read_text()
         assert "strategy: ddp_spawn" in cfg
@@ -175,7 +215,7 @@ def test_wandb_offline_without_network_and_a_resume_continues_its_run(tmp_path, 
     first = train([*args, "trainer.max_epochs=1"], env=env)
     runs = list((run / "wandb").glob("offline-run-*"))
     assert len(runs) == 1 and list(runs[0].glob(f"run-{run_id(run)}.wandb"))
-    assert len(list(runs[0].rglob("files/media/images/**/panel*.png"))) == 2  # val panels
+    assert len(list(runs[0].rglob("files/media/images/samples/**/*.png"))) == 2  # val crops
     last = first.stdout.strip().splitlines()[-2:]
     assert last == [
         f"W&B: offline run {run_id(run)} in {runs[0]}",

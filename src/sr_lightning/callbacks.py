@@ -16,31 +16,117 @@ import torch
 from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 from lightning.pytorch.loggers import CSVLogger
 
+from .history import FILENAME, HEADER, read_history
 from .loggers import WriteErrors, truncate_quietly, write_atomically
 
 log = logging.getLogger(__name__)
 
 
 class ImagesPerSecond(L.Callback):
-    """Logs ``train/images_per_sec`` (LR patches per second, this rank) every N steps.
+    """Logs, every N steps, this rank's throughput over the steps since the last log:
+    ``train/images_per_sec`` (LR patches per second), ``train/tflops`` (model TFLOP/s, counted
+    from the conv shapes of each batch's scale and size by :func:`~sr_lightning.flops.
+    train_step_flops`) and ``train/mfu`` (that rate as a fraction of the device's peak).
 
-    Host-side timing over a window of steps: no device synchronisation in the step.
+    Host-side timing over a window of steps: no device synchronisation in the step. The first
+    step (warm-up, compilation) and validation are left out. The peak is ``peak_tflops`` or,
+    by default, a short matmul measured once at train start in the arithmetic the step uses
+    (fp32 on CPU; on GPU bf16 / fp16 under mixed precision, else fp32, TF32 where cuDNN uses
+    it). :meth:`summary` (the run's means) goes into ``summary.json``.
     """
 
-    def __init__(self, every_n_steps: int | None = None):
+    def __init__(self, every_n_steps: int | None = None, peak_tflops: float | None = None):
+        if peak_tflops is not None and peak_tflops <= 0:
+            raise ValueError(
+                f"callbacks.throughput.peak_tflops={peak_tflops!r} must be > 0 (or null: measure)"
+            )
         self.every_n_steps = every_n_steps
+        self.peak_tflops = peak_tflops
+        self.peak_dtype = "given" if peak_tflops is not None else None
+        self.flops_per_step: dict[tuple[int, int, int], int] = {}  # (scale, batch, patch)
         self._t0: float | None = None
         self._images = 0
+        self._flops = 0
+        self._paused_at: float | None = None
+        self._total = {"seconds": 0.0, "images": 0, "flops": 0}
+
+    def measure_peak(self, trainer, pl_module) -> None:
+        """The device's peak TFLOP/s: a short square matmul (< 1 s on CPU)."""
+        from .flops import matmul_peak
+
+        device = pl_module.device
+        precision = str(trainer.precision)
+        dtype, name = torch.float32, "fp32"
+        tf32 = False
+        if device.type == "cuda":
+            if "bf16" in precision:
+                dtype, name = torch.bfloat16, "bf16"
+            elif "16" in precision:
+                dtype, name = torch.float16, "fp16"
+            elif torch.backends.cudnn.allow_tf32:  # fp32 convolutions then run in TF32
+                tf32, name = True, "tf32"
+        before = torch.backends.cuda.matmul.allow_tf32
+        torch.backends.cuda.matmul.allow_tf32 = tf32 or before
+        try:
+            n = None if device.type == "cuda" else 1024
+            self.peak_tflops = matmul_peak(device, dtype, n=n, repeats=5) / 1e12
+        finally:
+            torch.backends.cuda.matmul.allow_tf32 = before
+        self.peak_dtype = name
+
+    def step_flops(self, net: torch.nn.Module, batch: dict) -> int:
+        """Model FLOPs of a training step on ``batch`` (cached per scale, batch and patch)."""
+        n, _, patch, _ = batch["lr"].shape
+        key = (int(batch["scale"]), n, patch)
+        if key not in self.flops_per_step:
+            from .flops import train_step_flops
+
+            self.flops_per_step[key] = train_step_flops(net, n, patch, key[0])
+        return self.flops_per_step[key]
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        if self.peak_tflops is None:
+            self.measure_peak(trainer, pl_module)
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         self._images += batch["lr"].shape[0]
+        self._flops += self.step_flops(pl_module.net, batch)
         every = self.every_n_steps or trainer.log_every_n_steps
         if self._t0 is None:
-            self._t0, self._images = time.perf_counter(), 0  # the first step warms up
+            self._t0, self._images, self._flops = time.perf_counter(), 0, 0  # warm-up step
         elif trainer.global_step % every == 0:
             now = time.perf_counter()
-            pl_module.log("train/images_per_sec", self._images / (now - self._t0))
-            self._t0, self._images = now, 0
+            seconds = now - self._t0
+            tflops = self._flops / seconds / 1e12
+            pl_module.log("train/images_per_sec", self._images / seconds)
+            pl_module.log("train/tflops", tflops)
+            pl_module.log("train/mfu", tflops / self.peak_tflops)
+            total = self._total
+            total["seconds"] += seconds
+            total["images"] += self._images
+            total["flops"] += self._flops
+            self._t0, self._images, self._flops = now, 0, 0
+
+    def on_validation_start(self, trainer, pl_module) -> None:
+        if self._t0 is not None and not trainer.sanity_checking:
+            self._paused_at = time.perf_counter()
+
+    def on_validation_end(self, trainer, pl_module) -> None:
+        if self._paused_at is not None:  # the window goes on without the validation time
+            self._t0 += time.perf_counter() - self._paused_at
+            self._paused_at = None
+
+    def summary(self) -> dict:
+        """The run's mean throughput over the logged windows (this process)."""
+        t = self._total
+        tflops = t["flops"] / t["seconds"] / 1e12 if t["seconds"] else None
+        return {
+            "images_per_sec": t["images"] / t["seconds"] if t["seconds"] else None,
+            "tflops": tflops,
+            "mfu": tflops / self.peak_tflops if tflops is not None and self.peak_tflops else None,
+            "peak_tflops": self.peak_tflops,
+            "peak_dtype": self.peak_dtype,
+        }
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
@@ -127,16 +213,25 @@ class DivergenceGuard(L.Callback):
 
 
 class MetricHistory(L.Callback):
-    """Appends ``step,key,value`` rows to ``<dirpath>/history.csv`` (validation metrics at
-    each validation, ``train/loss`` every N steps) and keeps the best and last values, from
-    which ``train.py`` writes ``summary.json`` for ``sr_lightning.report``."""
+    """Appends ``step,key,value`` rows to ``<dirpath>/history.csv`` (validation metrics and
+    the training wall-clock minutes at each validation, ``train/loss`` every N steps), keeps
+    the best and last values, from which ``train.py`` writes ``summary.json`` for
+    ``sr_lightning.report``, and draws ``<dirpath>/curves.png`` at the end of ``fit``:
+    validation PSNR against updates and against minutes, with the bicubic level."""
 
     def __init__(self, dirpath: str, every_n_steps: int | None = None):
-        self.path = Path(dirpath) / "history.csv"
+        self.path = Path(dirpath) / FILENAME
         self.every_n_steps = every_n_steps
         self.best: dict[str, float] = {}
         self.final: dict[str, float] = {}
+        self.minutes_before = 0.0  # training time of the run before this process (resume)
+        self._started: float | None = None
         self.write_errors = WriteErrors("metric history")
+
+    def minutes(self) -> float:
+        """Training wall-clock minutes so far, across resumes."""
+        running = (time.monotonic() - self._started) / 60 if self._started is not None else 0.0
+        return self.minutes_before + running
 
     def _append(self, trainer, rows: dict[str, float]) -> None:
         """A failed write (disk full) is reported once, cut back to the last whole row, and
@@ -149,7 +244,7 @@ class MetricHistory(L.Callback):
             self.path.parent.mkdir(parents=True, exist_ok=True)
             with open(self.path, "a") as f:
                 if size == 0:
-                    f.write("step,key,value\n")
+                    f.write(HEADER)
                 for key, value in rows.items():
                     f.write(f"{trainer.global_step},{key},{value!r}\n")
         except OSError as e:
@@ -157,10 +252,23 @@ class MetricHistory(L.Callback):
             self.write_errors.report(e, self.path)
 
     def state_dict(self) -> dict:  # in the checkpoint: a resumed run keeps its best values
-        return {"best": dict(self.best), "final": dict(self.final)}
+        return {"best": dict(self.best), "final": dict(self.final), "minutes": self.minutes()}
 
     def load_state_dict(self, state_dict: dict) -> None:
         self.best, self.final = dict(state_dict["best"]), dict(state_dict["final"])
+        self.minutes_before = float(state_dict.get("minutes", 0.0))
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        self._started = time.monotonic()
+
+    def on_train_end(self, trainer, pl_module) -> None:
+        if trainer.is_global_zero:
+            from .pictures import plot_curves
+
+            try:
+                plot_curves(read_history(self.path), self.path.parent / "curves.png")
+            except OSError as e:
+                self.write_errors.report(e, self.path.parent / "curves.png")
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         every = self.every_n_steps or trainer.log_every_n_steps
@@ -175,8 +283,11 @@ class MetricHistory(L.Callback):
             for k, v in trainer.callback_metrics.items()
             if k.startswith("val/") and not k.endswith("n_images")
         }
+        rows["time/minutes"] = round(self.minutes(), 4)
         for key, value in rows.items():
             self.final[key] = value
+            if key.startswith("time/"):
+                continue
             if value == value and value > self.best.get(key, float("-inf")):  # not NaN
                 self.best[key] = value
         self._append(trainer, rows)

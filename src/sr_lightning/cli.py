@@ -18,8 +18,18 @@ from .callbacks import DivergenceError
 from .checkpoint import load_network
 from .config_check import ConfigKeyError, check_command_line, check_keys
 from .config_rules import recipe_line, restore_run_overrides, shape_train_config, world_size
+from .console import quiet_library_noise
 from .data.io import ImageError
-from .evaluate import check_scales, evaluate, format_table, test_rows, write_results
+from .evaluate import (
+    PER_IMAGE_COLUMNS,
+    check_scales,
+    evaluate,
+    format_table,
+    test_rows,
+    trainer_for,
+    write_per_image,
+    write_results,
+)
 from .loggers import write_atomically
 from .models import Bicubic, count_trainable, describe, record
 
@@ -59,6 +69,7 @@ def eval_network(cfg: DictConfig):
 def run_eval(cfg: DictConfig) -> list[dict]:
     """``eval.py``: score the network on ``data.benchmarks`` at ``data.scales`` (default: every
     scale it has); prints the table and writes the JSON rows."""
+    quiet_library_noise()
     check_keys(cfg, "eval")
     try:
         return score_and_report(cfg)
@@ -70,6 +81,7 @@ def run_eval(cfg: DictConfig) -> list[dict]:
 def score_and_report(cfg: DictConfig) -> list[dict]:
     net, name = eval_network(cfg)
     scales = list(cfg.data.scales) if cfg.data.get("scales") else list(net.scales)
+    images: list[dict] = []
     rows = evaluate(
         net,
         cfg.data.root,
@@ -84,39 +96,55 @@ def score_and_report(cfg: DictConfig) -> list[dict]:
         div2k_range=tuple(cfg.data.div2k_val_range),
         protocol=cfg.data.protocol,
         num_workers=min(cfg.data.num_workers, 1),
+        per_image=images,
     )
     print(format_table(rows))
-    if write_results(rows, cfg.results_path):
-        print(f"results written to {cfg.results_path}")
+    save_results(rows, images, Path(cfg.results_path))
     return rows
 
 
 def test_and_report(trainer, module, datamodule, cfg: DictConfig) -> list[dict]:
     """Test the best checkpoint on the benchmarks, and bicubic beside it, through the same
     test loop; print the table and save ``results.json`` (rank zero)."""
+    from lightning.pytorch.strategies.launchers import _MultiProcessingLauncher
+
     from .lit_module import SRLitModule
 
     best = trainer.checkpoint_callback and trainer.checkpoint_callback.best_model_path
     name = describe(record(module.net))
-    rows = test_rows(trainer, module, datamodule, name, ckpt_path="best" if best else None)
+    # ddp_spawn (a DDP job of a multirun) keeps a test's results in its workers: test in this
+    # process then, on one device (the numbers are the same: each image is scored once)
+    spawned = isinstance(trainer.strategy.launcher, _MultiProcessingLauncher)
+    tester = trainer_for() if spawned else trainer
+    # the best checkpoint by path: "best" would make Lightning warn about our two callbacks
+    rows, images = test_rows(tester, module, datamodule, name, best or None)
     bicubic = SRLitModule(Bicubic(datamodule.scales), log_prefix="bicubic/")
-    rows += test_rows(trainer, bicubic, datamodule, "bicubic")
+    more, more_images = test_rows(tester, bicubic, datamodule, "bicubic")
+    rows, images = rows + more, images + more_images
     if trainer.is_global_zero:
         print(format_table(rows))
-        path = Path(cfg.paths.output_dir) / "results.json"
-        if write_results(rows, path):
-            print(f"results written to {path}")
-        log_result_table(trainer, rows)
+        save_results(rows, images, Path(cfg.paths.output_dir) / "results.json")
+        log_result_tables(trainer, rows, images)
     return rows
 
 
-def log_result_table(trainer, rows: list[dict]) -> None:
-    """The result rows as a table for loggers that take one (W&B), protocol included."""
+def save_results(rows: list[dict], images: list[dict], path: Path) -> None:
+    """``results.json`` and, beside it, ``per_image.csv``; say where they are."""
+    if write_results(rows, path):
+        print(f"results written to {path}")
+    if write_per_image(images, path.with_name("per_image.csv")):
+        print(f"per-image results written to {path.with_name('per_image.csv')}")
+
+
+def log_result_tables(trainer, rows: list[dict], images: list[dict]) -> None:
+    """The result rows and the per-image rows as tables for loggers that take one (W&B)."""
     columns = ["dataset", "scale", "model", "self_ensemble", "psnr", "ssim", "n_images"]
     data = [[r[c] for c in columns] + [json.dumps(r["protocol"])] for r in rows]
+    per_image = [[r[c] for c in PER_IMAGE_COLUMNS] for r in images]
     for logger in trainer.loggers:
         if hasattr(logger, "log_table"):
             logger.log_table(key="test/results", columns=[*columns, "protocol"], data=data)
+            logger.log_table(key="test/per_image", columns=list(PER_IMAGE_COLUMNS), data=per_image)
 
 
 def build_training(cfg: DictConfig, extra_callbacks: list | None = None) -> tuple:
@@ -150,11 +178,17 @@ def run_train(cfg: DictConfig) -> dict:
     """``train.py``: fit, then test the best checkpoint next to bicubic; returns the metrics."""
     import lightning as L
 
+    quiet_library_noise()
     check_keys(cfg, "train")  # unknown keys first (ConfigKeyError names each one)
     shape_train_config(cfg)
     rank_zero_only(log.info)(recipe_line(cfg))
     L.seed_everything(cfg.seed, workers=True)
     trainer, module, datamodule = build_training(cfg)
+    rank_zero_only(log.info)(
+        "model: %s, %s trainable parameters",
+        describe(record(module.net)),
+        f"{count_trainable(module.net):,}",
+    )
     out = Path(cfg.paths.output_dir)
     resuming = cfg.ckpt_path is not None
     if trainer.is_global_zero and not (resuming and (out / "checkpoints" / "config.yaml").exists()):
@@ -194,7 +228,16 @@ def run_train(cfg: DictConfig) -> dict:
         if trainer.is_global_zero and not (resuming and trainer.global_step == 0):
             write_summary(cfg, trainer, module, datamodule, status, error, time.time() - start)
         if trainer.is_global_zero:
+            say_where_the_pictures_are(out)
             finish_wandb()
+
+
+def say_where_the_pictures_are(out: Path) -> None:
+    samples = sorted((out / "samples").glob("*.png"))
+    if samples:
+        print(f"pictures: {len(samples)} validation crops in {out / 'samples'}")
+    if (out / "curves.png").is_file():
+        print(f"curves: {out / 'curves.png'}")
 
 
 def finish_wandb() -> None:
@@ -217,7 +260,7 @@ def write_summary(
     cfg: DictConfig, trainer, module, datamodule, status: str, error, wall: float
 ) -> None:
     """``<run_dir>/summary.json``: what ``sr_lightning.report`` tabulates for each job."""
-    from .callbacks import MetricHistory
+    from .callbacks import ImagesPerSecond, MetricHistory
 
     history = next((c for c in trainer.callbacks if isinstance(c, MetricHistory)), None)
     summary = {
@@ -233,6 +276,9 @@ def write_summary(
         "best": history.best if history else {},
         "final": history.final if history else {},
         "protocols": {f"{d.name}/x{d.scale}": d.protocol.as_dict() for d in datamodule.val_data},
+        "throughput": next(
+            (c.summary() for c in trainer.callbacks if isinstance(c, ImagesPerSecond)), None
+        ),
     }
     text = json.dumps(summary, indent=2, allow_nan=True) + "\n"
     write_atomically(Path(cfg.paths.output_dir) / "summary.json", text)

@@ -15,6 +15,8 @@ Tables put rows side by side only when their protocols are equal.
 
 from __future__ import annotations
 
+import csv
+import io
 import json
 import logging
 from collections.abc import Sequence
@@ -49,6 +51,25 @@ def result_rows(results: Sequence[EvalResult], model: str, self_ensemble: bool) 
     ]
 
 
+PER_IMAGE_COLUMNS = (
+    "dataset", "scale", "image", "model", "psnr", "ssim", "protocol", "hr_path", "lr_path",
+)  # fmt: skip
+
+
+def per_image_rows(module: SRLitModule, model: str) -> list[dict]:
+    """The test's per-image results (all ranks) as ``per_image.csv`` rows."""
+    return [{**r, "model": model} for r in module.test_images]
+
+
+def write_per_image(rows: Sequence[dict], path: str | Path) -> bool:
+    """``per_image.csv`` (next to results.json): one row per (set, scale, image, model)."""
+    text = io.StringIO(newline="")
+    writer = csv.DictWriter(text, fieldnames=PER_IMAGE_COLUMNS)
+    writer.writeheader()
+    writer.writerows({c: r[c] for c in PER_IMAGE_COLUMNS} for r in rows)
+    return write_atomically(path, text.getvalue())
+
+
 def check_scales(model: nn.Module, scales: Sequence[int]) -> None:
     """Fail early, naming the keys, when the model lacks a requested scale."""
     missing = [s for s in scales if s not in getattr(model, "scales", ())]
@@ -65,10 +86,12 @@ def test_rows(
     datamodule: SRDataModule,
     model_name: str,
     ckpt_path: str | None = None,
-) -> list[dict]:
-    """Run ``trainer.test`` (on every rank under DDP) and return the rows (the same on all)."""
+) -> tuple[list[dict], list[dict]]:
+    """Run ``trainer.test`` (on every rank under DDP); (result rows, per-image rows), the same
+    on every rank."""
     trainer.test(module, datamodule=datamodule, ckpt_path=ckpt_path, verbose=False)
-    return result_rows(module.test_results, model_name, module.hparams.self_ensemble)
+    rows = result_rows(module.test_results, model_name, module.hparams.self_ensemble)
+    return rows, per_image_rows(module, model_name)
 
 
 def trainer_for(device: str = "auto", progress: bool = False) -> L.Trainer:
@@ -107,8 +130,10 @@ def evaluate(
     protocol: str = "auto",
     num_workers: int = 0,
     progress: bool = False,
+    per_image: list[dict] | None = None,
 ) -> list[dict]:
-    """Score ``model`` on every (set, scale) of ``benchmarks`` x ``scales``; one row each."""
+    """Score ``model`` on every (set, scale) of ``benchmarks`` x ``scales``; one row each
+    (and, into ``per_image`` if given, one per image)."""
     check_scales(model, scales)
     datamodule = SRDataModule(
         root=str(root),
@@ -124,7 +149,10 @@ def evaluate(
     module = SRLitModule(
         model, self_ensemble=self_ensemble, val_tile=tile, val_tile_overlap=tile_overlap
     )
-    return test_rows(trainer_for(device, progress), module, datamodule, model_name)
+    rows, images = test_rows(trainer_for(device, progress), module, datamodule, model_name)
+    if per_image is not None:
+        per_image += images
+    return rows
 
 
 def protocol_label(row: dict[str, Any]) -> str:

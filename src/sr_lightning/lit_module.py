@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, fields
+from pathlib import Path
 from typing import Any
 
 import lightning as L
@@ -14,7 +15,8 @@ from torch import nn
 
 from .checkpoint import PROTOCOLS_KEY, RECORD_KEY, init_from_checkpoint
 from .inference import receptive_radius, super_resolve
-from .metrics import SRMetrics, quantize
+from .loggers import RUN_RECORDS
+from .metrics import SRMetrics
 from .models import Bicubic, record
 from .protocol import Protocol
 
@@ -63,30 +65,52 @@ class EvalResult:
 
 
 class CompiledOrEager:
-    """``torch.compile(net)`` for the training step, falling back to the eager network (with a
-    warning) where compiling fails: no C++ compiler or Triton, an unsupported platform.
+    """``torch.compile(net, mode=mode)`` for the training step, falling back to the eager
+    network (with a warning) where compiling fails: no C++ compiler or Triton, an unsupported
+    platform.
 
-    A plain object, not a module: the compiled wrapper's parameters are the network's, and the
-    checkpoint keeps the ``net.*`` names. Evaluation stays eager (whole images of varying sizes
-    would recompile for each new size).
+    The network module itself is compiled, not the LightningModule: DDP (Lightning wraps the
+    LightningModule) and the loss stay outside the compiled graph. A plain object, not a
+    module: the compiled wrapper's parameters are the network's, and the checkpoint keeps the
+    ``net.*`` names. Evaluation stays eager (whole images of varying sizes would recompile for
+    each new size).
     """
 
-    def __init__(self, net: nn.Module):
+    # model.compile: false | true (= default) | a torch.compile mode
+    MODES = ("default", "max-autotune-no-cudagraphs", "reduce-overhead")
+
+    @classmethod
+    def mode_of(cls, value: bool | str | None) -> str | None:
+        """The torch.compile mode of ``model.compile`` (``None``: eager), or a ValueError."""
+        if value is None or value is False or value == "false":
+            return None
+        if value is True or value == "true":
+            return "default"
+        if isinstance(value, str) and value in cls.MODES:
+            return value
+        raise ValueError(
+            f"model.compile={value!r}: allowed values are false, true, {', '.join(cls.MODES)}"
+        )
+
+    def __init__(self, net: nn.Module, mode: str = "default"):
         self.net = net
+        self.mode = self.mode_of(mode) or "default"
         self.compiled: Callable | None = None
         self.failed = False
 
     def __getstate__(self) -> dict:  # ddp_spawn pickles the module: compile again there
-        return {"net": self.net, "compiled": None, "failed": self.failed}
+        return {"net": self.net, "mode": self.mode, "compiled": None, "failed": self.failed}
 
     def _fall_back(self, error: BaseException) -> None:
-        log.warning("model.compile=true: compiling failed, training eagerly instead (%s)", error)
+        log.warning(
+            "model.compile=%s: compiling failed, training eagerly instead (%s)", self.mode, error
+        )
         self.compiled, self.failed = None, True
 
     def __call__(self, *args: Any) -> torch.Tensor:
         if self.compiled is None and not self.failed:
             try:
-                self.compiled = torch.compile(self.net)
+                self.compiled = torch.compile(self.net, mode=self.mode)
             except Exception as e:  # e.g. torch.compile unsupported on this Python
                 self._fall_back(e)
         if self.compiled is not None:
@@ -117,7 +141,7 @@ class SRLitModule(L.LightningModule):
         optim: Mapping[str, Any] | None = None,
         init_from: str | None = None,
         channels_last: bool = False,
-        compile: bool = False,
+        compile: bool | str = False,
         self_ensemble: bool = False,
         val_tile: int = 0,
         val_tile_overlap: int | None = None,
@@ -135,13 +159,19 @@ class SRLitModule(L.LightningModule):
             net = net.to(memory_format=torch.channels_last)
         self.net = net
         # not a submodule (the checkpoint holds the network once, as net.*)
-        self._train_forward = CompiledOrEager(net) if compile else net.__call__
+        mode = CompiledOrEager.mode_of(compile)  # refuses a bad model.compile before training
+        self._train_forward = CompiledOrEager(net, mode) if mode else net.__call__
         self.loss_fn = LOSSES[recipe.loss]
         self.tile_overlap = val_tile_overlap or receptive_radius(net)
         self.eval_sets: list[Any] = []
         self.eval_metrics = nn.ModuleList()
         self.val_results: list[EvalResult] = []
         self.test_results: list[EvalResult] = []
+        self.test_images: list[dict] = []  # per-image rows of the last test
+        self.per_image: list[dict] = []
+        # the bicubic level of each validation set, measured once (the curves' reference line)
+        self.bicubic_levels: dict[tuple[str, int], tuple[float, float]] = {}
+        self.bicubic_metrics: dict[int, SRMetrics] = {}
 
     # ---- helpers ------------------------------------------------------------------------
     def memory_format(self, lr: torch.Tensor) -> torch.Tensor:
@@ -204,37 +234,70 @@ class SRLitModule(L.LightningModule):
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
 
     # ---- evaluation ---------------------------------------------------------------------
-    def _setup_eval(self, sets: Sequence[Any]) -> None:
+    def _setup_eval(self, sets: Sequence[Any], stage: str) -> None:
         self.eval_sets = list(sets)
         self.eval_metrics = nn.ModuleList(SRMetrics(d.protocol, self.rgb_range) for d in sets)
         self.eval_metrics.to(self.device)
+        self.per_image = []
+        self.bicubic_metrics = {
+            i: SRMetrics(d.protocol, self.rgb_range, sync_on_compute=True).to(self.device)
+            for i, d in enumerate(sets)
+            if stage == "val" and (d.name, d.scale) not in self.bicubic_levels
+        }
 
     def on_validation_epoch_start(self) -> None:
-        self._setup_eval(self.trainer.datamodule.val_data)
+        self._setup_eval(self.trainer.datamodule.val_data, "val")
 
     def on_test_epoch_start(self) -> None:
-        self._setup_eval(self.trainer.datamodule.test_data)
+        self._setup_eval(self.trainer.datamodule.test_data, "test")
 
     def _eval_step(self, batch: dict, dataloader_idx: int, ensemble: bool) -> torch.Tensor:
-        scale = self.eval_sets[dataloader_idx].scale
-        sr = self.predict_image(self.to_float(batch["lr"]), scale, ensemble)
-        self.eval_metrics[dataloader_idx].update(sr, batch["hr"], batch["gray"])
+        data = self.eval_sets[dataloader_idx]
+        lr = self.to_float(batch["lr"])
+        sr = self.predict_image(lr, data.scale, ensemble)
+        metric = self.eval_metrics[dataloader_idx]
+        psnr, ssim = metric.score(sr, batch["hr"], batch["gray"])
+        metric.update(psnr, ssim)
+        if dataloader_idx in self.bicubic_metrics:
+            level = self.bicubic_metrics[dataloader_idx]
+            up = super_resolve(self.bicubic, lr, data.scale)
+            level.update(*level.score(up, batch["hr"], batch["gray"]))
+        for index, p, s in zip(batch["index"].tolist(), psnr.tolist(), ssim.tolist(), strict=True):
+            pair = data.pairs[index]
+            self.per_image.append(
+                {
+                    "dataset": data.name,
+                    "scale": data.scale,
+                    "image": pair.hr.stem,
+                    "psnr": p,
+                    "ssim": s,
+                    "protocol": data.protocol.label,
+                    "hr_path": str(pair.hr),
+                    "lr_path": str(pair.lr) if pair.lr else "imresize",
+                }
+            )
         return sr
+
+    @property
+    def bicubic(self) -> nn.Module:
+        scales = sorted({d.scale for d in self.eval_sets})
+        return Bicubic(scales, rgb_range=self.rgb_range)
 
     def validation_step(self, batch: dict, batch_idx: int, dataloader_idx: int = 0) -> None:
         sr = self._eval_step(batch, dataloader_idx, ensemble=False)
         if dataloader_idx == 0 and batch_idx < self.hparams.n_image_panels:
-            self._log_panel(batch, sr, batch_idx)
+            self._save_sample(batch, sr)
 
     def test_step(self, batch: dict, batch_idx: int, dataloader_idx: int = 0) -> None:
         self._eval_step(batch, dataloader_idx, ensemble=self.hparams.self_ensemble)
 
     def _log_eval(self, stage: str) -> list[EvalResult]:
         results = []
-        for data, metric in zip(self.eval_sets, self.eval_metrics, strict=True):
+        prefix0 = f"{self.hparams.log_prefix}{stage}"
+        for i, (data, metric) in enumerate(zip(self.eval_sets, self.eval_metrics, strict=True)):
             out = metric.compute()  # synced over ranks: every image counted once
             metric.reset()
-            prefix = f"{self.hparams.log_prefix}{stage}/{data.name}/x{data.scale}"
+            prefix = f"{prefix0}/{data.name}/x{data.scale}"
             for key in ("psnr", "ssim", "count"):
                 label = "n_images" if key == "count" else key
                 self.log(f"{prefix}/{label}", out[key].float(), sync_dist=False)
@@ -248,39 +311,69 @@ class SRLitModule(L.LightningModule):
                     int(out["count"].item()),
                 )
             )
+            if i in self.bicubic_metrics:
+                level = self.bicubic_metrics[i].compute()
+                self.bicubic_levels[data.name, data.scale] = (
+                    level["psnr"].item(),
+                    level["ssim"].item(),
+                )
+            if stage == "val" and (data.name, data.scale) in self.bicubic_levels:
+                psnr, ssim = self.bicubic_levels[data.name, data.scale]
+                self.log(f"{prefix}/bicubic_psnr", psnr, sync_dist=False)
+                self.log(f"{prefix}/bicubic_ssim", ssim, sync_dist=False)
         if results:  # the criterion: the first set, mean over its scales
-            first = [r.psnr for r in results if r.dataset == results[0].dataset]
-            mean = sum(first) / len(first)
-            self.log(f"{self.hparams.log_prefix}{stage}/psnr", mean, prog_bar=True, sync_dist=False)
+            first = [r for r in results if r.dataset == results[0].dataset]
+            mean = sum(r.psnr for r in first) / len(first)
+            self.log(f"{prefix0}/psnr", mean, prog_bar=True, sync_dist=False)
+            levels = [self.bicubic_levels.get((r.dataset, r.scale)) for r in first]
+            if stage == "val" and all(levels):
+                level = sum(lv[0] for lv in levels) / len(levels)
+                self.log(f"{prefix0}/bicubic_psnr", level, sync_dist=False)
         return results
+
+    def gathered_per_image(self) -> list[dict]:
+        """The per-image results of this epoch from every rank, sorted (the same on all)."""
+        rows = self.per_image
+        if self.trainer.world_size > 1:
+            parts: list[list[dict]] = [[] for _ in range(self.trainer.world_size)]
+            torch.distributed.all_gather_object(parts, rows)
+            rows = [r for part in parts for r in part]
+        return sorted(rows, key=lambda r: (r["dataset"], r["scale"], r["image"]))
 
     def on_validation_epoch_end(self) -> None:
         self.val_results = self._log_eval("val")
 
     def on_test_epoch_end(self) -> None:
         self.test_results = self._log_eval("test")
+        self.test_images = self.gathered_per_image()
 
-    def _log_panel(self, batch: dict, sr: torch.Tensor, index: int) -> None:
-        """LR (nearest-upscaled) | bicubic | SR | HR centre crops, to loggers that take images."""
-        logger = self.logger
-        if logger is None or not hasattr(logger, "log_image") or self.trainer.sanity_checking:
+    def _save_sample(self, batch: dict, sr: torch.Tensor) -> None:
+        """``samples/<set>_x<s>_<image>_step<N>.png`` in the run folder (any logger) and the
+        same panel, captioned, to the loggers that take images (W&B)."""
+        if self.trainer.sanity_checking:
             return
-        name, scale = self.eval_sets[0].name, self.eval_sets[0].scale
-        lr = self.to_float(batch["lr"])
-        size = min(96, lr.shape[-2], lr.shape[-1])
-        y0, x0 = (lr.shape[-2] - size) // 2, (lr.shape[-1] - size) // 2
-        lr_c = lr[..., y0 : y0 + size, x0 : x0 + size]
-        crop = (slice(y0 * scale, (y0 + size) * scale), slice(x0 * scale, (x0 + size) * scale))
-        tiles = [
-            F.interpolate(lr_c, scale_factor=scale, mode="nearest"),
-            Bicubic(scales=(scale,), rgb_range=self.rgb_range)(lr_c, scale),
-            sr[..., crop[0], crop[1]],
-            self.to_float(batch["hr"])[..., crop[0], crop[1]],
-        ]
-        panel = torch.cat([quantize(t, self.rgb_range) for t in tiles], dim=-1)
-        logger.log_image(
-            key=f"val/{name}/x{scale}/panel{index}",
-            images=[panel[0].byte().permute(1, 2, 0).cpu().numpy()],
-            caption=["LR | bicubic | SR | HR"],
-            step=self.global_step,
+        from .pictures import sample_panel, save_png
+
+        data = self.eval_sets[0]
+        panel, caption = sample_panel(
+            self.to_float(batch["lr"][0]),
+            sr[0],
+            batch["hr"][0],
+            self.bicubic,
+            data.scale,
+            data.protocol,
+            self.rgb_range,
         )
+        name = f"{data.name}_x{data.scale}_{batch['name'][0]}"
+        path = (
+            Path(self.trainer.default_root_dir) / "samples" / f"{name}_step{self.global_step}.png"
+        )
+        try:
+            save_png(panel, path)
+        except OSError as e:  # a full disk: reported once, training goes on
+            RUN_RECORDS.report(e, path)
+        for logger in self.loggers:
+            if hasattr(logger, "log_image"):
+                logger.log_image(
+                    key=f"samples/{name}", images=[panel], caption=[caption], step=self.global_step
+                )

@@ -289,6 +289,14 @@ class WandbLogger(_WandbLogger):
     @property
     @rank_zero_experiment
     def experiment(self) -> Any:
+        new = self._experiment is None
+        run = self._create_run()
+        if new and run is not None and hasattr(run, "define_metric"):
+            with contextlib.suppress(Exception):  # the dashboard shows the best, not the last
+                run.define_metric("val/psnr", summary="max")
+        return run
+
+    def _create_run(self) -> Any:
         import wandb
 
         create = _WandbLogger.experiment.fget  # Lightning's: wandb.init, define_metric
@@ -298,6 +306,7 @@ class WandbLogger(_WandbLogger):
             return create(self)
         mode = self._requested_mode()
         if mode not in _ONLINE_MODES:
+            self._log_model = False  # checkpoints are artifacts only online (no copies here)
             # passed explicitly: wandb reads $WANDB_MODE once per process, and no network
             # must be touched whatever its global settings say
             self._wandb_init["mode"] = "offline" if mode == "dryrun" else mode

@@ -132,13 +132,19 @@ class SRMetrics(Metric):
         self.add_state("ssim_sum", torch.tensor(0.0, dtype=torch.float64), dist_reduce_fx="sum")
         self.add_state("count", torch.tensor(0, dtype=torch.long), dist_reduce_fx="sum")
 
-    def update(self, sr: torch.Tensor, hr: torch.Tensor, gray: torch.Tensor | bool = False) -> None:
+    def score(
+        self, sr: torch.Tensor, hr: torch.Tensor, gray: torch.Tensor | bool = False
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per-image (PSNR, SSIM) of a batch under this metric's protocol."""
         p = self.protocol
-        psnr, ssim_ = psnr_ssim(
+        return psnr_ssim(
             sr, hr, channels=p.channels, border=p.border, gray=gray, rgb_range=self.rgb_range
         )
+
+    def update(self, psnr: torch.Tensor, ssim: torch.Tensor) -> None:
+        """Add the per-image values that :meth:`score` returned."""
         self.psnr_sum += psnr.sum()
-        self.ssim_sum += ssim_.sum()
+        self.ssim_sum += ssim.sum()
         self.count += psnr.numel()
 
     def compute(self) -> dict[str, torch.Tensor]:

@@ -20,11 +20,15 @@ from typing import Any
 
 import yaml
 
+from .history import FILENAME, read_history
 from .protocol import Protocol
 from .wandb_mode import wandb_mode
 
 # val/Set5/x2/psnr, and with the protocol where jobs differ: val/Set5/x2/psnr [RGB, border 8, ...]
 PSNR_KEY = re.compile(r"^val/([^/]+)/x(\d+)/psnr(?: \[(.+)\])?$")
+# the columns beside each PSNR column: its SSIM and the bicubic level of the same set
+METRIC_KEY = re.compile(r"^val/([^/]+)/x(\d+)/(psnr|ssim|bicubic_psnr)(?: \[(.+)\])?$")
+METRIC_TITLES = {"psnr": "PSNR", "ssim": "SSIM", "bicubic_psnr": "bicubic"}
 STATUS_COLORS = {"completed": "tab:blue", "diverged": "tab:red", "failed": "tab:gray"}
 
 
@@ -86,37 +90,30 @@ def _read_summary(path: Path) -> dict[str, Any]:
     return summary
 
 
-def _read_history(path: Path) -> list[tuple[int, str, float]]:
-    if not path.is_file():
-        return []
-    rows = []
-    with open(path, newline="") as f:
-        for r in csv.DictReader(f):
-            try:
-                rows.append((int(float(r["step"])), str(r["key"]), float(r["value"])))
-            except (KeyError, TypeError, ValueError):
-                continue  # a malformed or truncated line
-    return rows
-
-
 def read_job(folder: Path) -> Job:
-    """A job folder; a job without ``summary.json`` is ``failed`` (it crashed before writing it)."""
+    """A job (or run) folder; without ``summary.json`` it is ``failed`` (it crashed first)."""
     return Job(
         folder.name,
         _read_overrides(folder / ".hydra" / "overrides.yaml"),
         _read_summary(folder / "summary.json"),
-        _read_history(folder / "history.csv"),
+        read_history(folder / FILENAME),
     )
 
 
 def read_sweep(sweep_dir: Path) -> list[Job]:
-    """All job folders (``0``, ``1``, ...) of a multirun, sorted by job number."""
+    """All job folders (``0``, ``1``, ...) of a multirun, sorted by job number; or the one
+    run of a single run folder (it holds ``summary.json``)."""
     folders = sorted(
         (p for p in sweep_dir.iterdir() if p.is_dir() and p.name.isdigit()),
         key=lambda p: int(p.name),
     )
+    if not folders and (sweep_dir / "summary.json").is_file():
+        return [read_job(sweep_dir)]
     if not folders:
-        raise FileNotFoundError(f"no job folders (0, 1, ...) in {sweep_dir}: is it a multirun dir?")
+        raise FileNotFoundError(
+            f"no job folders (0, 1, ...) and no summary.json in {sweep_dir}: is it a multirun "
+            "or a run folder?"
+        )
     return [read_job(p) for p in folders]
 
 
@@ -145,11 +142,33 @@ def metric_columns(jobs: list[Job]) -> list[str]:
 
 
 def metric_value(job: Job, column: str) -> float | None:
-    m = PSNR_KEY.match(column)
+    m = METRIC_KEY.match(column)
     key = column.split(" [", 1)[0]
-    if m and m[3] is not None and job.protocol(key) != m[3]:
+    if m and m[4] is not None and job.protocol(key) != m[4]:
         return None
     return job.best.get(key)
+
+
+def beside(psnr_column: str) -> list[str]:
+    """A PSNR column and the SSIM and bicubic columns that go with it."""
+    return [psnr_column] + [
+        psnr_column.replace("/psnr", f"/{m}", 1) for m in ("ssim", "bicubic_psnr")
+    ]
+
+
+def below_bicubic(jobs: list[Job], rows: list[dict[str, Any]], columns: list[str]) -> list[str]:
+    """``Set5 x2: jobs 0, 2 below bicubic`` for each PSNR column where some job is."""
+    notes = []
+    for c in columns:
+        m = PSNR_KEY.match(c)
+        level = c.replace("/psnr", "/bicubic_psnr", 1)
+        if not m or level not in columns:
+            continue
+        below = [r["job"] for r in rows if None not in (r[c], r[level]) and r[c] < r[level]]
+        if below:
+            who = "every job" if len(below) == len(rows) else "jobs " + ", ".join(below)
+            notes.append(f"{m[1]} x{m[2]}: {who} below bicubic")
+    return notes
 
 
 def protocol_notes(jobs: list[Job], columns: list[str]) -> list[str]:
@@ -174,7 +193,8 @@ def label(job: Job, keys: list[str]) -> str:
 
 def table(jobs: list[Job]) -> tuple[list[str], list[dict[str, Any]]]:
     """Column keys and one row per job (raw values; ``None`` where unknown)."""
-    swept, metrics = swept_keys(jobs), metric_columns(jobs)
+    swept = swept_keys(jobs)
+    metrics = [c for psnr in metric_columns(jobs) for c in beside(psnr)]
     columns = ["job", *swept, "params", "steps", "wall_time_s", *metrics, "diverged", "status"]
     rows = []
     for j in jobs:
@@ -189,9 +209,9 @@ def table(jobs: list[Job]) -> tuple[list[str], list[dict[str, Any]]]:
 
 def title(key: str) -> str:
     """Markdown header of a column: ``val/Set5/x2/psnr`` -> ``Set5 x2 PSNR``."""
-    m = PSNR_KEY.match(key)
+    m = METRIC_KEY.match(key)
     if m:
-        return f"{m[1]} x{m[2]} PSNR" + (f" ({m[3]})" if m[3] else "")
+        return f"{m[1]} x{m[2]} {METRIC_TITLES[m[3]]}" + (f" ({m[4]})" if m[4] else "")
     return {"wall_time_s": "wall time"}.get(key, key)
 
 
@@ -205,8 +225,9 @@ def fmt(key: str, value: Any) -> str:
         if key == "wall_time_s":
             t = float(value)
             return f"{t:.1f} s" if t < 120 else f"{t / 60:.1f} min"
-        if PSNR_KEY.match(key):
-            return f"{float(value):.2f}"
+        m = METRIC_KEY.match(key)
+        if m:
+            return f"{float(value):.4f}" if m[3] == "ssim" else f"{float(value):.2f}"
     except (TypeError, ValueError):
         pass
     return str(value).replace("|", "\\|")
@@ -234,7 +255,7 @@ def write_markdown(
     lines.append("|" + "---|" * len(columns))
     lines += ["| " + " | ".join(fmt(c, r[c]) for c in columns) + " |" for r in rows]
     if notes:
-        lines += ["", "Scored with: " + "; ".join(notes) + "."]
+        lines += ["", "; ".join(notes) + "."]
     links = (f"![{p.stem}]({Path(os.path.relpath(p, path.parent)).as_posix()})" for p in plots)
     lines += ["", " ".join(links), ""]
     path.write_text("\n".join(lines))
@@ -372,7 +393,10 @@ def build_report(
     csv_path, md_path = out / "report.csv", out / "report.md"
     write_csv(csv_path, columns, rows)
     pngs = plot(jobs, out)
-    write_markdown(md_path, sweep_dir, columns, rows, pngs, protocol_notes(jobs, columns))
+    notes = below_bicubic(jobs, rows, columns)
+    scored = protocol_notes(jobs, columns)
+    notes += ["scored with: " + "; ".join(scored)] if scored else []
+    write_markdown(md_path, sweep_dir, columns, rows, pngs, notes)
     if wandb:
         log_to_wandb(sweep_dir, out, columns, rows)
     return Report(sweep_dir, out, columns, rows, [md_path, csv_path, *pngs], jobs)

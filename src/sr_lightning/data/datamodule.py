@@ -30,6 +30,7 @@ from .datasets import (
     eval_dataset,
     resolve_pairs,
 )
+from .device_patches import DevicePatchBatches
 from .io import ImageError
 from .patches import PatchBatches
 
@@ -118,6 +119,8 @@ class SRDataModule(L.LightningDataModule):
     Each evaluation set is scored with its protocol (``protocol``: ``auto`` chooses by set,
     see ``datasets.protocol_for``).
     Decoded images are cached as uint8 ``.npy`` memory maps (``cache_dir``), built once.
+    ``on_device``: the training images live on the training device and each batch is built
+    there (the same batches as the workers', bit for bit; no workers; see ``device_patches``).
     """
 
     def __init__(
@@ -138,6 +141,7 @@ class SRDataModule(L.LightningDataModule):
         pin_memory: bool = True,
         seed: int = 0,
         protocol: str = "auto",
+        on_device: bool = False,
     ):
         super().__init__()
         self.root = str(root)
@@ -156,6 +160,8 @@ class SRDataModule(L.LightningDataModule):
         self.pin_memory = pin_memory
         self.seed = seed
         self.protocol = protocol
+        self.on_device = on_device
+        self.device_batches: DevicePatchBatches | None = None  # built at the first epoch
         self.per_device_batch_size = batch_size  # set for the run's world size in setup()
         self.validate()
         self.train_data: PatchBatches | None = None
@@ -270,6 +276,15 @@ class SRDataModule(L.LightningDataModule):
         assert self.train_data is not None, "call setup('fit') first"
         # batch k of epoch e is a function of (seed, e, k): a resumed run replays the stream
         self.train_data.epoch, self.train_data.first_batch = self.epoch_position()
+        if self.on_device:
+            if self.device_batches is None or self.device_batches.source is not self.train_data:
+                device = (
+                    self.trainer.strategy.root_device
+                    if self.trainer is not None
+                    else torch.device("cuda" if torch.cuda.is_available() else "cpu")
+                )
+                self.device_batches = DevicePatchBatches(self.train_data, device)
+            return DataLoader(self.device_batches, batch_size=None, num_workers=0)
         workers = self.num_workers
         return DataLoader(
             self.train_data,

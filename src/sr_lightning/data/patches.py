@@ -8,12 +8,15 @@ seeded by (epoch seed, k) only, so all ranks agree without communication; patch 
 drawn from (epoch seed, k, rank). The epoch seed is a function of (seed, epoch) alone, and an
 epoch can start at batch ``first_batch``: a run resumed mid-epoch from a checkpoint sees exactly
 the batches the uninterrupted run would have seen (the data module sets both before each epoch).
+The decisions of a batch (:meth:`PatchBatches.plan`) also drive the device-side pipeline
+(``device_patches``, ``data.on_device``), which therefore yields the same batches.
 """
 
 from __future__ import annotations
 
 import hashlib
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 
 import torch
 from torch.utils.data import IterableDataset, get_worker_info
@@ -26,13 +29,24 @@ def derive_seed(*parts: int) -> int:
     return int.from_bytes(hashlib.blake2b(repr(parts).encode(), digest_size=7).digest(), "big")
 
 
-def random_crop_pair(
-    lr: torch.Tensor, hr: torch.Tensor, patch: int, scale: int, gen: torch.Generator
+@dataclass(frozen=True)
+class BatchPlan:
+    """The random decisions behind one batch: its scale and, per patch, the source image, the
+    LR crop's top-left corner (the HR crop's is ``scale`` times it) and the dihedral transform
+    (0, the identity, without augmentation). Shared by the worker pipeline (crops on the CPU)
+    and the device pipeline (one gather on the device, ``device_patches``)."""
+
+    scale: int
+    images: list[int]
+    ys: list[int]
+    xs: list[int]
+    transforms: list[int]
+
+
+def crop_pair(
+    lr: torch.Tensor, hr: torch.Tensor, patch: int, scale: int, y: int, x: int
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Aligned crops: LR ``patch`` x ``patch`` at (y, x), HR ``patch * scale`` at (y*s, x*s)."""
-    h, w = lr.shape[-2:]
-    y = int(torch.randint(0, h - patch + 1, (1,), generator=gen))
-    x = int(torch.randint(0, w - patch + 1, (1,), generator=gen))
     hp = patch * scale
     return (
         lr[..., y : y + patch, x : x + patch],
@@ -90,19 +104,29 @@ class PatchBatches(IterableDataset):
         n_perm = -(-need // self.n_images)
         return torch.cat([torch.randperm(self.n_images, generator=gen) for _ in range(n_perm)])
 
-    def make_batch(self, epoch_seed: int, k: int, order: torch.Tensor) -> dict:
+    def plan(self, epoch_seed: int, k: int, order: torch.Tensor) -> BatchPlan:
+        """The decisions of batch ``k`` of this rank, drawn from generators seeded by
+        (epoch seed, k, rank): the same in a worker, in process or on the device."""
         scale = self.batch_scale(epoch_seed, k)
         gen = torch.Generator().manual_seed(derive_seed(epoch_seed, k, self.rank))
         start = (k * self.world_size + self.rank) * self.batch_size
+        images = order[start : start + self.batch_size].tolist()
+        ys, xs, transforms = [], [], []
+        for i in images:  # per patch: y, x, then the transform, from the one generator
+            h, w = self.images[scale][i][0].shape[-2:]
+            ys.append(int(torch.randint(0, h - self.patch_size + 1, (1,), generator=gen)))
+            xs.append(int(torch.randint(0, w - self.patch_size + 1, (1,), generator=gen)))
+            transforms.append(int(torch.randint(8, (1,), generator=gen)) if self.augment else 0)
+        return BatchPlan(scale, images, ys, xs, transforms)
+
+    def make_batch(self, epoch_seed: int, k: int, order: torch.Tensor) -> dict:
+        plan = self.plan(epoch_seed, k, order)
         lrs, hrs = [], []
-        for i in order[start : start + self.batch_size].tolist():
-            lr, hr = random_crop_pair(*self.images[scale][i], self.patch_size, scale, gen)
-            if self.augment:
-                t = int(torch.randint(8, (1,), generator=gen))
-                lr, hr = dihedral(lr, t), dihedral(hr, t)
-            lrs.append(lr)
-            hrs.append(hr)
-        return {"lr": torch.stack(lrs), "hr": torch.stack(hrs), "scale": scale}
+        for i, y, x, t in zip(plan.images, plan.ys, plan.xs, plan.transforms, strict=True):
+            lr, hr = crop_pair(*self.images[plan.scale][i], self.patch_size, plan.scale, y, x)
+            lrs.append(dihedral(lr, t))
+            hrs.append(dihedral(hr, t))
+        return {"lr": torch.stack(lrs), "hr": torch.stack(hrs), "scale": plan.scale}
 
     def __iter__(self) -> Iterator[dict]:
         epoch_seed = self.epoch_seed()
