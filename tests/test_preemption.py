@@ -201,9 +201,9 @@ def ddp_reference(tmp_path_factory, sample_cache) -> Path:
 def test_sigterm_under_ddp_stops_every_rank_at_one_step_and_resumes_exactly(
     tmp_path, sample_cache, ddp_reference
 ):
-    """SIGTERM to the whole process group of a 2-rank DDP run (both ranks, as SLURM does): every rank stops after the same step, preempted.ckpt is written
-    once (rank 0), the run exits 143, and the README's resume ends equal to the
-    uninterrupted DDP run."""
+    """SIGTERM to the whole process group of a 2-rank DDP run (both ranks, as SLURM does):
+    every rank stops after the same step, preempted.ckpt is written once (rank 0), the run
+    exits 143, and the README's resume ends equal to the uninterrupted DDP run."""
     run = tmp_path / "run"
     probe = [
         "+callbacks.probe._target_=batch_probe.BatchSizes",
