@@ -64,6 +64,7 @@ SHIPPED_TRAIN = (
     zipped("experiment", "+stage")  # a stage is merged into an experiment's jobs
     + zipped("model", "data", "trainer", "logger", "callbacks", "optim", "paths")
     + [["experiment=smoke", f"hparams_search={h}"] for h in options("hparams_search")]
+    + [["experiment=ablation_bn_smoke", f"+seeds={n}"] for n in options("seeds")]
 )
 
 

@@ -91,7 +91,7 @@ def test_eval_cli_writes_table_and_json(data_root, tmp_path):
         "model": "bicubic",
         "self_ensemble": False,
         "n_images": 5,
-        "protocol": {"channels": "y", "border": 2, "lr_source": "file"},
+        "protocol": {"channels": "y", "border": 2, "lr_source": "file", "degradation": "bicubic"},
     }
     assert [r["scale"] for r in rows] == [2, 4]
 

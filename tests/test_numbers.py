@@ -87,7 +87,12 @@ def test_res_scale_model_in_bf16_with_ensemble_agrees_everywhere(tmp_path, data_
     train([*tiny_run_args(data_root, cache_dir, run), *extra])
     (row,) = [r for r in json.loads((run / "results.json").read_text()) if r["model"] != "bicubic"]
     assert row["model"] == "edsr 2x16 rs0.1" and row["self_ensemble"] is True
-    assert row["protocol"] == {"channels": "y", "border": 2, "lr_source": "file"}
+    assert row["protocol"] == {
+        "channels": "y",
+        "border": 2,
+        "lr_source": "file",
+        "degradation": "bicubic",
+    }
     best = next((run / "checkpoints").glob("best-*.ckpt"))
     net, rec = load_network(best, echo=pytest.fail)  # a record: nothing is guessed
     assert rec["res_scale"] == 0.1 and net.model_args["res_scale"] == 0.1
@@ -143,6 +148,7 @@ def test_mdsr_trains_and_scores_its_three_scales_everywhere(tmp_path, data_root,
                 "channels": "y",
                 "border": row["scale"],
                 "lr_source": "file",
+                "degradation": "bicubic",
             }
         )
         up = upscaled_psnr(data_root, best, row["scale"], tmp_path / f"up{row['scale']}")
@@ -203,7 +209,12 @@ def test_div2k_is_scored_on_rgb_with_border_scale_plus_6(tmp_path, data_root):
     root = div2k_folder(data_root, tmp_path / "data")
     kwargs = {"model_name": "bicubic", "div2k_range": (801, 803), "cache_dir": tmp_path / "c"}
     (row,) = evaluate(Bicubic(), root, ["DIV2K"], [3], **kwargs)
-    assert row["protocol"] == {"channels": "rgb", "border": 9, "lr_source": "imresize"}
+    assert row["protocol"] == {
+        "channels": "rgb",
+        "border": 9,
+        "lr_source": "imresize",
+        "degradation": "bicubic",
+    }
     assert row["n_images"] == 3
     # by hand: MATLAB bicubic of our LR, all three channels, 9 pixels cut on each side
     from sr_lightning.data.datasets import div2k_pairs
@@ -215,7 +226,12 @@ def test_div2k_is_scored_on_rgb_with_border_scale_plus_6(tmp_path, data_root):
         by_hand.append(psnr_ssim(sr, hr[None], channels="rgb", border=9)[0].item())
     assert row["psnr"] == pytest.approx(sum(by_hand) / 3, abs=1e-4)
     (forced,) = evaluate(Bicubic(), root, ["DIV2K"], [3], protocol="benchmark", **kwargs)
-    assert forced["protocol"] == {"channels": "y", "border": 3, "lr_source": "imresize"}
+    assert forced["protocol"] == {
+        "channels": "y",
+        "border": 3,
+        "lr_source": "imresize",
+        "degradation": "bicubic",
+    }
     assert abs(forced["psnr"] - row["psnr"]) > 0.5  # Y vs RGB: the protocols differ a lot
     table = format_table([row, forced])
     assert "| DIV2K | x3 | RGB, border 9, LR imresize | " in table

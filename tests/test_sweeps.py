@@ -104,3 +104,85 @@ def test_report_marks_a_job_without_summary_as_failed(tmp_path, capsys):
     assert "trainer.max_steps" not in md  # constant across jobs: not a swept column
     assert report_main([str(tmp_path / "missing")]) == 1
     assert "multirun folder not found" in capsys.readouterr().err
+
+
+def test_seeds_give_means_with_cis_and_paired_ablation_verdicts(tmp_path, cache):
+    """2 settings x 2 seeds (+seeds=two): the report has one row per setting with n=2 and the
+    t interval of the mean, and the pair's paired per-image difference, all checked by hand."""
+    import csv
+    import math
+
+    from scipy import stats
+
+    from sr_lightning.report import build_report
+
+    sweep = tmp_path / "sweep"
+    multirun(sweep, cache, "experiment=smoke", "model.net.norm=batch,none", "+seeds=two")
+    report = build_report(sweep)
+    assert [len(g.jobs) for g in report.groups] == [2, 2]
+    t = stats.t.ppf(0.975, 1)
+    for group in report.groups:
+        values = [j.best["val/sample/x2/psnr"] for j in group.jobs]
+        mean, sd = sum(values) / 2, abs(values[0] - values[1]) / math.sqrt(2)
+        iv = group.interval("val/sample/x2/psnr")
+        assert (iv.n, iv.mean) == (2, pytest.approx(mean))
+        assert (iv.low, iv.high) == pytest.approx(
+            (mean - t * sd / math.sqrt(2), mean + t * sd / math.sqrt(2))
+        )
+    md = (sweep / "report.md").read_text()
+    assert md.count("| model.net.norm=") == 2 and "| 2 |" in md
+    (pair,) = report.pairs
+    psnr = {}
+    for job in sorted(p for p in sweep.iterdir() if p.name.isdigit()):
+        overrides = (job / ".hydra" / "overrides.yaml").read_text()
+        norm = "none" if "model.net.norm=none" in overrides else "batch"
+        seed = "1" if "seed=1" in overrides else "0"
+        with open(job / "per_image.csv", newline="") as f:
+            for r in csv.DictReader(f):
+                if r["model"] != "bicubic":
+                    psnr[norm, seed, r["image"]] = float(r["psnr"])
+    diffs = [
+        psnr["none", s, i] - psnr["batch", s, i] for s in "01" for i in ("astronaut", "coffee")
+    ]
+    mean = sum(diffs) / 4
+    sd = math.sqrt(sum((d - mean) ** 2 for d in diffs) / 3)
+    assert (pair.n_seeds, pair.n_images, pair.diff.n) == (2, 2, 4)
+    assert pair.diff.mean == pytest.approx(mean)
+    assert pair.diff.high - mean == pytest.approx(stats.t.ppf(0.975, 3) * sd / 2)
+    assert "model.net.norm=none vs batch, sample x2 (2 seeds x 2 images, paired): " in md
+    assert (sweep / "val_psnr_groups.png").is_file()
+
+
+def test_a_killed_sweep_run_again_does_not_retrain_its_finished_jobs(tmp_path, cache):
+    """The same multirun command into the same hydra.sweep.dir: the job that had completed is
+    skipped, the rest run; job folders stay the same and the report shows each job once."""
+    import signal
+    import time
+
+    sweep = tmp_path / "sweep"
+    base = [sys.executable, str(REPO / "train.py"), "-m", f"hydra.sweep.dir={sweep}",
+            f"data.cache_dir={cache}", "model.net.n_resblocks=1", "model.net.n_feats=8",
+            "data.patch_size=12", "data.updates_per_epoch=10", "trainer.max_epochs=2",
+            "experiment=smoke", "optim.lr=1e-3,5e-4"]  # fmt: skip
+    env = {**os.environ, "WANDB_MODE": "disabled"}
+    proc = subprocess.Popen(base, env=env, cwd=REPO, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, start_new_session=True)  # fmt: skip
+    deadline = time.time() + 240
+    while not (sweep / "0" / "summary.json").is_file():
+        assert proc.poll() is None and time.time() < deadline
+        time.sleep(0.1)
+    os.killpg(proc.pid, signal.SIGKILL)  # after job 0, before job 1 finished
+    proc.wait()
+    assert json.loads((sweep / "0" / "summary.json").read_text())["status"] == "completed"
+    assert not (sweep / "1" / "summary.json").is_file()
+    stamp = {p.name: p.stat().st_mtime_ns for p in (sweep / "0" / "checkpoints").glob("*.ckpt")}
+    again = subprocess.run(base, env=env, cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert "completed already, not trained again" in again.stdout + again.stderr
+    assert {
+        p.name: p.stat().st_mtime_ns for p in (sweep / "0" / "checkpoints").glob("*.ckpt")
+    } == stamp
+    assert [s["status"] for s in summaries(sweep)] == ["completed", "completed"]
+    assert report_main([str(sweep)]) == 0
+    md = (sweep / "report.md").read_text()
+    assert md.count("| 0 | ") == 1 and md.count("| 1 | ") == 1

@@ -297,3 +297,40 @@ def test_ddp_cpu_with_compile_and_channels_last(tmp_path, sample_cache):
     assert ckpt_step(run / "checkpoints" / "last.ckpt") == 3
     state = torch.load(run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
     assert all(k.startswith(("net.", "eval_metrics.")) for k in state["state_dict"])
+
+
+def test_ema_checkpoints_hold_both_weights_resume_exactly_and_are_what_eval_scores(
+    tmp_path, sample_cache
+):
+    """optim.ema_decay: the checkpoint's state_dict is the EMA of the weights (validated,
+    tested, loaded by eval.py/sr-upscale), current_model_state the raw weights; a run resumed
+    half-way ends with both equal to the uninterrupted run's."""
+    from sr_lightning.checkpoint import load_network
+    from sr_lightning.evaluate import evaluate
+
+    ema = ["optim.ema_decay=0.5"]
+    whole, half = tmp_path / "whole", tmp_path / "half"
+    proc = train([*tiny_args(sample_cache), *ema, f"hydra.run.dir={whole}"])
+    assert "EMA of the weights (decay 0.5)" in proc.stdout
+    train([*tiny_args(sample_cache), *ema, f"hydra.run.dir={half}", "trainer.max_epochs=1"])
+    resume = f"ckpt_path={half / 'checkpoints' / 'last.ckpt'}"
+    train([*tiny_args(sample_cache), *ema, f"hydra.run.dir={half}", resume])
+    a, b = (
+        torch.load(run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
+        for run in (whole, half)
+    )
+    assert a["global_step"] == b["global_step"] == 6
+    for key in ("state_dict", "current_model_state"):
+        for name, value in a[key].items():
+            torch.testing.assert_close(b[key][name], value, rtol=1e-5, atol=1e-6)
+    weight = "net.head.0.weight"
+    assert not torch.equal(a["state_dict"][weight], a["current_model_state"][weight])
+    best = next((whole / "checkpoints").glob("best-*.ckpt"))
+    net, _ = load_network(best, echo=pytest.fail)
+    saved = torch.load(best, map_location="cpu", weights_only=True)["state_dict"]
+    torch.testing.assert_close(net.head[0].weight, saved[weight])  # the averaged weights
+    (row,) = [
+        r for r in json.loads((whole / "results.json").read_text()) if r["model"] != "bicubic"
+    ]
+    (again,) = evaluate(net, tmp_path, ["sample"], [2], model_name="m", cache_dir=sample_cache)
+    assert again["psnr"] == pytest.approx(row["psnr"], abs=1e-4)

@@ -15,9 +15,15 @@ from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
 from .callbacks import DivergenceError
-from .checkpoint import load_network
+from .checkpoint import load_network, load_state_dict
 from .config_check import ConfigKeyError, check_command_line, check_keys
-from .config_rules import recipe_line, restore_run_overrides, shape_train_config, world_size
+from .config_rules import (
+    finished_sweep_job,
+    recipe_line,
+    restore_run_overrides,
+    shape_train_config,
+    world_size,
+)
 from .console import quiet_library_noise
 from .data.io import ImageError
 from .evaluate import (
@@ -95,6 +101,7 @@ def score_and_report(cfg: DictConfig) -> list[dict]:
         cache_dir=cfg.data.cache_dir,
         div2k_range=tuple(cfg.data.div2k_val_range),
         protocol=cfg.data.protocol,
+        degradation=cfg.data.degradation,
         num_workers=min(cfg.data.num_workers, 1),
         per_image=images,
     )
@@ -116,8 +123,11 @@ def test_and_report(trainer, module, datamodule, cfg: DictConfig) -> list[dict]:
     # process then, on one device (the numbers are the same: each image is scored once)
     spawned = isinstance(trainer.strategy.launcher, _MultiProcessingLauncher)
     tester = trainer_for() if spawned else trainer
-    # the best checkpoint by path: "best" would make Lightning warn about our two callbacks
-    rows, images = test_rows(tester, module, datamodule, name, best or None)
+    # the best checkpoint's weights, loaded here: its state_dict is what eval.py scores (with
+    # optim.ema_decay, the averaged weights; Lightning's ckpt_path= would restore the raw ones)
+    if best:
+        module.net.load_state_dict(load_state_dict(best))
+    rows, images = test_rows(tester, module, datamodule, name)
     bicubic = SRLitModule(Bicubic(datamodule.scales), log_prefix="bicubic/")
     more, more_images = test_rows(tester, bicubic, datamodule, "bicubic")
     rows, images = rows + more, images + more_images
@@ -180,6 +190,9 @@ def run_train(cfg: DictConfig) -> dict:
 
     quiet_library_noise()
     check_keys(cfg, "train")  # unknown keys first (ConfigKeyError names each one)
+    if (done := finished_sweep_job(cfg)) is not None:  # a sweep run again: not trained twice
+        log.info("job %s: %s already, not trained again", cfg.paths.output_dir, done["status"])
+        return {"val/psnr": float(done.get("best", {}).get("val/psnr", float("nan")))}
     shape_train_config(cfg)
     rank_zero_only(log.info)(recipe_line(cfg))
     L.seed_everything(cfg.seed, workers=True)

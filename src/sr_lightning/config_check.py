@@ -347,12 +347,14 @@ def check_command_line(config_name: str, argv: list[str]) -> None:
             try:
                 cfg = compose(config_name, overrides=overrides, return_hydra_config=True)
                 break
-            except ConfigCompositionException as e:
+            except ConfigCompositionException as e:  # anything else is Hydra's to report
                 match = re.search(r"To append to your config use \+(\S+)", str(e))
                 if not match or match[1] not in overrides:
                     return
                 overrides[overrides.index(match[1])] = f"+{match[1]}"
                 added = True
+            except Exception:  # noqa: BLE001  (a command line Hydra itself will refuse)
+                return
         else:
             return
     GlobalHydra.instance().clear()

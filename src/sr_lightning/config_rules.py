@@ -67,7 +67,7 @@ def spawn_ddp_under_multirun(cfg: DictConfig) -> None:
     in each child, so every rank would start the whole sweep again (see README)."""
     from lightning.fabric.plugins.environments import SLURMEnvironment
 
-    if not HydraConfig.initialized() or HydraConfig.get().mode != RunMode.MULTIRUN:
+    if not in_multirun():
         return
     if SLURMEnvironment.detect():  # srun started one process per rank: keep ddp
         return
@@ -76,6 +76,70 @@ def spawn_ddp_under_multirun(cfg: DictConfig) -> None:
         log.info("multirun: trainer.strategy=%s runs as %s", strategy, SPAWNED[strategy])
         with open_dict(cfg):
             cfg.trainer.strategy = SPAWNED[strategy]
+
+
+def in_multirun() -> bool:
+    return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
+
+
+def finished_sweep_job(cfg: DictConfig) -> dict | None:
+    """A job of a re-run multirun (the same command, the same ``hydra.sweep.dir``) that has
+    already finished (``summary.json``: completed or diverged): its summary, so that it is not
+    trained again. A job folder trained with another config is refused, naming the keys."""
+    out = Path(cfg.paths.output_dir)
+    if not in_multirun() or not (out / "summary.json").is_file():
+        return None
+    check_same_job(cfg, out)
+    summary = json.loads((out / "summary.json").read_text())
+    return summary if summary.get("status") in ("completed", "diverged") else None
+
+
+SAME_JOB_KEYS = ("data", "model.net", "optim")
+
+
+def check_same_job(cfg: DictConfig, out: Path) -> None:
+    recorded = out / "checkpoints" / "config.yaml"
+    if not recorded.is_file():
+        return
+    old, new = OmegaConf.load(recorded), cfg
+    # what makes the job the job (the strategy, paths, init_from=sweep:x2 are shaped per run)
+    differ = [
+        d
+        for key in SAME_JOB_KEYS
+        for d in _differences(_plain(old, key), _plain(new, key), f"{key}.")
+    ]
+    if differ:
+        raise ValueError(
+            f"{out} holds a job trained with another config ({', '.join(differ[:5])} differ): "
+            "a sweep is continued only with the command that started it; use a new "
+            "hydra.sweep.dir for a new sweep"
+        )
+
+
+def _plain(conf: DictConfig, key: str) -> object:
+    node = OmegaConf.select(conf, key)
+    return OmegaConf.to_container(node, resolve=True) if OmegaConf.is_config(node) else node
+
+
+def _differences(a: object, b: object, prefix: str = "") -> list[str]:
+    if isinstance(a, dict) and isinstance(b, dict):
+        return [
+            d
+            for k in sorted(set(a) | set(b), key=str)
+            for d in _differences(a.get(k), b.get(k), f"{prefix}{k}.")
+        ]
+    return [] if a == b else [prefix.rstrip(".")]
+
+
+def continue_an_interrupted_sweep_job(cfg: DictConfig) -> None:
+    """A job of a re-run multirun that was interrupted (killed, pre-empted) resumes from its
+    newest checkpoint (``ckpt_path=last``); a job that never saved one starts again."""
+    out = Path(cfg.paths.output_dir)
+    if in_multirun() and cfg.ckpt_path is None and list((out / "checkpoints").glob("*.ckpt")):
+        check_same_job(cfg, out)
+        log.info("continuing the interrupted sweep job %s from its newest checkpoint", out.name)
+        with open_dict(cfg):
+            cfg.ckpt_path = "last"
 
 
 def resolve_last_checkpoint(cfg: DictConfig) -> None:
@@ -95,7 +159,8 @@ def resolve_last_checkpoint(cfg: DictConfig) -> None:
 
 
 def resolve_sweep_init(cfg: DictConfig) -> None:
-    """``model.init_from=sweep:x2``: the best checkpoint of the completed x2 job of this sweep."""
+    """``model.init_from=sweep:x2``: the best checkpoint of the completed x2 job of this sweep
+    (of the job with the same seed, when the sweep has several)."""
     init_from = str(cfg.model.get("init_from") or "")
     if not init_from.startswith(SWEEP_PREFIX):
         return
@@ -107,15 +172,36 @@ def resolve_sweep_init(cfg: DictConfig) -> None:
         if job == output_dir or not summary.is_file() or not config.is_file():
             continue
         done = json.loads(summary.read_text())["status"] == "completed"
-        if done and list(OmegaConf.load(config).data.scales) == [scale]:
-            candidates += sorted((job / "checkpoints").glob("best-*.ckpt"))
+        recorded = OmegaConf.load(config)
+        if done and list(recorded.data.scales) == [scale]:
+            same_seed = recorded.get("seed") == cfg.get("seed")  # a seed sweep pairs by seed
+            candidates += [
+                (same_seed, p) for p in sorted((job / "checkpoints").glob("best-*.ckpt"))
+            ]
     if not candidates:
         raise FileNotFoundError(
             f"model.init_from=sweep:x{scale}: no completed x{scale} job with a best checkpoint "
             f"in {output_dir.parent}; run the x{scale} stage first in the same sweep"
         )
+    with open_dict(cfg):  # the same seed's x2 job first, else the last one
+        cfg.model.init_from = str(sorted(candidates, key=lambda c: c[0])[-1][1])
+
+
+def average_the_weights(cfg: DictConfig) -> None:
+    """``optim.ema_decay=0.999``: Lightning's EMAWeightAveraging callback. Validation uses the
+    averaged weights (so does the best-checkpoint choice), checkpoints hold them as their
+    ``state_dict`` (what eval.py, sr-upscale and sr-export load) and the raw weights as
+    ``current_model_state`` (what a resume continues from)."""
+    decay = cfg.optim.get("ema_decay")
+    if decay is None:
+        return
+    if not 0 < float(decay) < 1:
+        raise ValueError(f"optim.ema_decay={decay} must be in (0, 1), e.g. 0.999 (or null: off)")
     with open_dict(cfg):
-        cfg.model.init_from = str(candidates[-1])
+        cfg.callbacks.ema = {
+            "_target_": "lightning.pytorch.callbacks.EMAWeightAveraging",
+            "decay": float(decay),
+        }
 
 
 def recipe_line(cfg: DictConfig) -> str:
@@ -131,6 +217,7 @@ def recipe_line(cfg: DictConfig) -> str:
         f"{o.lr_decay_steps} updates, {o.loss.upper()} loss, {cfg.trainer.max_epochs} epochs x "
         f"{cfg.data.updates_per_epoch} updates, scales {list(cfg.data.scales)}, "
         f"LR patch {cfg.data.patch_size}, precision {cfg.trainer.precision}"
+        + (f", EMA of the weights (decay {o.ema_decay})" if o.get("ema_decay") else "")
     )
 
 
@@ -139,8 +226,10 @@ RULES = (
     check_batch_split,
     find_unused_parameters_for_multiscale,
     spawn_ddp_under_multirun,
+    continue_an_interrupted_sweep_job,
     resolve_last_checkpoint,
     resolve_sweep_init,
+    average_the_weights,
 )
 
 

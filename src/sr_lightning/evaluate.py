@@ -8,7 +8,9 @@ self-ensemble), scored by :class:`~sr_lightning.metrics.SRMetrics` under each se
 A result row::
 
     {"dataset", "scale", "model", "self_ensemble", "psnr", "ssim", "n_images",
-     "protocol": {"channels": "y"|"rgb", "border": int, "lr_source": "file"|"imresize"|"mixed"}}
+     "protocol": {"channels": "y"|"rgb", "border": int,
+                  "lr_source": "file"|"imresize"|"mixed"|"generated",
+                  "degradation": "bicubic"|"bd"|"dn"}}
 
 Tables put rows side by side only when their protocols are equal.
 """
@@ -128,6 +130,7 @@ def evaluate(
     cache_dir: str | Path | None = None,
     div2k_range: tuple[int, int] = (801, 810),
     protocol: str = "auto",
+    degradation: str = "bicubic",
     num_workers: int = 0,
     progress: bool = False,
     per_image: list[dict] | None = None,
@@ -144,6 +147,7 @@ def evaluate(
         cache_dir=str(cache_dir) if cache_dir else None,
         div2k_val_range=tuple(div2k_range),
         protocol=protocol,
+        degradation=degradation,
     )
     datamodule.check_sets(train=False)  # a missing set or corrupt image: named, no number
     module = SRLitModule(

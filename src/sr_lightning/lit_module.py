@@ -36,6 +36,7 @@ class OptimRecipe:
     eps: float = 1e-8
     lr_decay_steps: int = 200_000
     lr_gamma: float = 0.5
+    ema_decay: float | None = None  # EMA of the weights (config_rules.average_the_weights)
 
     @classmethod
     def from_mapping(cls, optim: Mapping[str, Any] | None) -> OptimRecipe:

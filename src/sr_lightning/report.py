@@ -1,8 +1,11 @@
 """Tables and plots of a Hydra multirun: ``python -m sr_lightning.report DIR [--out] [--wandb]``.
 
-Reads each job's ``.hydra/overrides.yaml``, ``summary.json`` and ``history.csv`` (written by
-``train.py``) and writes ``report.md``, ``report.csv``, ``val_psnr.png`` (validation PSNR vs
-step, one line per job) and ``final_psnr.png`` (best validation PSNR per job).
+Reads each job's ``.hydra/overrides.yaml``, ``summary.json``, ``history.csv`` and
+``per_image.csv`` (written by ``train.py``) and writes ``report.md``, ``report.csv``,
+``val_psnr.png`` (validation PSNR vs step, one line per job) and ``final_psnr.png`` (best
+validation PSNR per job). A sweep over ``seed`` also gets, per setting, the mean over seeds
+with a 95% t interval, the ablation pairs' paired per-image differences with a verdict, and
+``val_psnr_groups.png`` (validation PSNR against updates and minutes, with CI bands).
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ from typing import Any
 
 import yaml
 
+from .groups import SEED, group_lines, pairings, plot_groups, seed_groups, seeds_swept
 from .history import FILENAME, read_history
 from .protocol import Protocol
 from .wandb_mode import wandb_mode
@@ -248,14 +252,17 @@ def write_markdown(
     rows: list[dict[str, Any]],
     plots: list[Path],
     notes: list[str] = (),
+    sections: list[str] = (),
 ) -> None:
-    """Title, one table row per job, the scoring protocols, then the plots as image links."""
+    """Title, one table row per job, the scoring protocols, the seed statistics
+    (``sections``), then the plots as image links."""
     lines = [f"# Sweep report: {sweep_dir}", ""]
     lines.append("| " + " | ".join(title(c) for c in columns) + " |")
     lines.append("|" + "---|" * len(columns))
     lines += ["| " + " | ".join(fmt(c, r[c]) for c in columns) + " |" for r in rows]
     if notes:
         lines += ["", "; ".join(notes) + "."]
+    lines += ["", *sections] if sections else []
     links = (f"![{p.stem}]({Path(os.path.relpath(p, path.parent)).as_posix()})" for p in plots)
     lines += ["", " ".join(links), ""]
     path.write_text("\n".join(lines))
@@ -371,8 +378,10 @@ class Report:
     out_dir: Path
     columns: list[str]
     rows: list[dict[str, Any]]
-    paths: list[Path]  # report.md, report.csv, val_psnr.png, final_psnr.png
+    paths: list[Path]  # report.md, report.csv, val_psnr.png, final_psnr.png[, groups]
     jobs: list[Job] = field(default_factory=list, repr=False)
+    groups: list = field(default_factory=list, repr=False)  # over seeds (groups.Group)
+    pairs: list = field(default_factory=list, repr=False)  # ablation pairs (groups.Pairing)
 
 
 def build_report(
@@ -396,10 +405,27 @@ def build_report(
     notes = below_bicubic(jobs, rows, columns)
     scored = protocol_notes(jobs, columns)
     notes += ["scored with: " + "; ".join(scored)] if scored else []
-    write_markdown(md_path, sweep_dir, columns, rows, pngs, notes)
+    groups, pairs, sections = [], [], []
+    if seeds_swept(jobs):
+        keys = [k for k in swept_keys(jobs) if k != SEED]
+        groups = seed_groups(jobs)
+        pairs = pairings(groups, keys, sweep_dir)
+        psnr = [c for c in columns if PSNR_KEY.match(c)]
+        sections = [
+            "## Over seeds: mean and 95% t interval per setting (completed jobs)",
+            "",
+            *group_lines(groups, keys, psnr, title),
+            "",
+            "## Ablation pairs: test PSNR differences, paired by seed and image",
+            "",
+            *([p.line() for p in pairs] or ["- none (no setting pairs that differ in one key)"]),
+        ]
+        pngs.append(plot_groups(groups, keys, out))
+    write_markdown(md_path, sweep_dir, columns, rows, pngs, notes, sections)
     if wandb:
         log_to_wandb(sweep_dir, out, columns, rows)
-    return Report(sweep_dir, out, columns, rows, [md_path, csv_path, *pngs], jobs)
+    paths = [md_path, csv_path, *pngs]
+    return Report(sweep_dir, out, columns, rows, paths, jobs, groups, pairs)
 
 
 def main(argv: list[str] | None = None) -> int:

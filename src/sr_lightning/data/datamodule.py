@@ -26,10 +26,12 @@ from .datasets import (
     EvalDataset,
     Pair,
     aligned_pair,
+    degraded,
     div2k_pairs,
     eval_dataset,
     resolve_pairs,
 )
+from .degradation import check_degradation
 from .device_patches import DevicePatchBatches
 from .io import ImageError
 from .patches import PatchBatches
@@ -118,6 +120,9 @@ class SRDataModule(L.LightningDataModule):
     - test: the ``benchmarks`` at every scale.
     Each evaluation set is scored with its protocol (``protocol``: ``auto`` chooses by set,
     see ``datasets.protocol_for``).
+    ``degradation``: HR -> LR for training and evaluation alike, ``bicubic`` (the LR files) or
+    RDN's ``bd`` / ``dn`` (Sec. 5; generated from HR, see ``degradation.py``), named by every
+    protocol.
     Decoded images are cached as uint8 ``.npy`` memory maps (``cache_dir``), built once.
     ``on_device``: the training images live on the training device and each batch is built
     there (the same batches as the workers', bit for bit; no workers; see ``device_patches``).
@@ -142,6 +147,7 @@ class SRDataModule(L.LightningDataModule):
         seed: int = 0,
         protocol: str = "auto",
         on_device: bool = False,
+        degradation: str = "bicubic",
     ):
         super().__init__()
         self.root = str(root)
@@ -161,6 +167,7 @@ class SRDataModule(L.LightningDataModule):
         self.seed = seed
         self.protocol = protocol
         self.on_device = on_device
+        self.degradation = degradation
         self.device_batches: DevicePatchBatches | None = None  # built at the first epoch
         self.per_device_batch_size = batch_size  # set for the run's world size in setup()
         self.validate()
@@ -184,12 +191,15 @@ class SRDataModule(L.LightningDataModule):
             raise ValueError(f"data.protocol={self.protocol!r}: allowed values are {PROTOCOLS}")
         if self.num_workers < 0:
             raise ValueError(f"data.num_workers={self.num_workers} must be >= 0")
+        check_degradation(self.degradation)
 
     # ---- training -------------------------------------------------------------------------
     def train_pairs(self, scale: int) -> list[Pair]:
         if self.train_set == DIV2K_VAL:
-            return div2k_pairs(self.root, scale, *self.train_range)
-        return resolve_pairs(self.root, self.train_set, scale, self.cache_dir, split="train")
+            pairs = div2k_pairs(self.root, scale, *self.train_range)
+        else:
+            pairs = resolve_pairs(self.root, self.train_set, scale, self.cache_dir, split="train")
+        return degraded(pairs, self.degradation)
 
     def load_train_images(self) -> dict[int, list[tuple[torch.Tensor, torch.Tensor]]]:
         """(LR, HR) uint8 RGB memory maps per scale, checked to fit a patch."""
@@ -247,7 +257,14 @@ class SRDataModule(L.LightningDataModule):
     def _eval_sets(self, names: Sequence[str], split: str) -> list[EvalDataset]:
         return [
             eval_dataset(
-                self.root, name, scale, self.cache_dir, self.div2k_val_range, split, self.protocol
+                self.root,
+                name,
+                scale,
+                self.cache_dir,
+                self.div2k_val_range,
+                split,
+                self.protocol,
+                self.degradation,
             )
             for name in names
             for scale in self.scales

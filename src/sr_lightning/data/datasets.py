@@ -9,7 +9,9 @@ Layout (the reference code's, and that of ``../shared/datasets``)::
 Each set is scored with its own protocol (:func:`protocol_for`): the benchmarks on Y with a
 border of ``scale`` (the paper's Table 3), DIV2K on RGB with a border of ``scale + 6`` (the
 authors' code, behind the paper's DIV2K row). A missing LR file is generated from the HR
-image with the MATLAB-exact degradation and cached.
+image with the MATLAB-exact degradation and cached. With ``data.degradation`` ``bd`` or ``dn``
+(RDN's, ``degradation.py``) every LR image is generated from HR, the shipped (bicubic) LR files
+ignored, and cached apart from the bicubic ones.
 Items hold uint8 tensors; float conversion happens on the device, after any crop.
 """
 
@@ -23,7 +25,7 @@ from torch.utils.data import Dataset
 
 from ..protocol import Protocol
 from .cache import cached_uint8
-from .degradation import bicubic_downscale
+from .degradation import check_degradation, degrade
 from .io import ImageError, list_images, load_image
 
 BENCHMARKS = ("Set5", "Set14", "B100", "Urban100")
@@ -35,7 +37,17 @@ PROTOCOLS = ("auto", "benchmark", "div2k")  # data.protocol; auto: div2k for DIV
 @dataclass(frozen=True)
 class Pair:
     hr: Path
-    lr: Path | None  # None: generate with imresize
+    lr: Path | None  # None: generate from hr by `degradation`
+    degradation: str = "bicubic"
+
+
+def degraded(pairs: list[Pair], degradation: str) -> list[Pair]:
+    """``pairs`` under ``degradation`` (``data.degradation``): BD and DN drop the LR files, which
+    are bicubic, so that every LR image is generated from its HR image."""
+    check_degradation(degradation)
+    if degradation == "bicubic":
+        return pairs
+    return [Pair(p.hr, None, degradation) for p in pairs]
 
 
 def benchmark_pairs(root: str | Path, name: str, scale: int) -> list[Pair]:
@@ -102,13 +114,15 @@ def load_hr(path: Path, cache_dir: Path | None = None) -> torch.Tensor:
 
 
 def load_lr(pair: Pair, scale: int, cache_dir: Path | None = None) -> torch.Tensor:
-    """Decoded (or generated and cached) LR image of ``pair`` at ``scale``."""
-    if pair.lr is not None:
+    """Decoded (or generated and cached) LR image of ``pair`` at ``scale``; generated ones are
+    cached under ``lrx<s>`` (bicubic) or ``lrx<s>-<degradation>``, never mixed up."""
+    bicubic = pair.degradation == "bicubic"
+    if bicubic and pair.lr is not None:
         return cached_uint8([pair.lr], "img", lambda: load_image(pair.lr), cache_dir)
     return cached_uint8(
         [pair.hr],
-        f"lrx{scale}",
-        lambda: bicubic_downscale(load_hr(pair.hr, cache_dir), scale),
+        f"lrx{scale}" if bicubic else f"lrx{scale}-{pair.degradation}",
+        lambda: degrade(load_hr(pair.hr, cache_dir), scale, pair.degradation, pair.hr.stem),
         cache_dir,
     )
 
@@ -138,16 +152,23 @@ def aligned_pair(
 def protocol_for(name: str, scale: int, pairs: list[Pair], protocol: str = "auto") -> Protocol:
     """How set ``name`` is scored at ``scale``: ``protocol`` (``data.protocol``) ``benchmark``
     (Y, border = scale), ``div2k`` (RGB, border = scale + 6) or ``auto`` (div2k for DIV2K,
-    benchmark for every other set); ``lr_source`` says whether the LR images are files."""
+    benchmark for every other set); ``lr_source`` says whether the LR images are files, and
+    ``degradation`` is the pairs' (``data.degradation``, see :func:`degraded`)."""
     if protocol not in PROTOCOLS:
         raise ValueError(f"data.protocol={protocol!r}: allowed values are {list(PROTOCOLS)}")
     if protocol == "auto":
         protocol = "div2k" if name == DIV2K_VAL else "benchmark"
+    degradations = sorted({p.degradation for p in pairs})
+    if len(degradations) > 1:
+        raise ValueError(f"{name} x{scale}: pairs of several degradations {degradations}")
+    degradation = degradations[0] if degradations else "bicubic"
     files = sum(p.lr is not None for p in pairs)
     source = "file" if files == len(pairs) else "imresize" if files == 0 else "mixed"
+    if degradation != "bicubic":
+        source = "generated"
     if protocol == "div2k":
-        return Protocol("rgb", scale + 6, source)
-    return Protocol("y", scale, source)
+        return Protocol("rgb", scale + 6, source, degradation)
+    return Protocol("y", scale, source, degradation)
 
 
 class EvalDataset(Dataset):
@@ -195,18 +216,22 @@ def resolve_pairs(
     cache_dir: Path | None = None,
     div2k_range: tuple[int, int] = (801, 810),
     split: str = "val",
+    degradation: str = "bicubic",
 ) -> list[Pair]:
     """Image pairs of ``name``: a benchmark, ``DIV2K`` (images ``div2k_range``), ``sample``
-    (the embedded photos, split ``split``) or a folder of HR images (a path)."""
+    (the embedded photos, split ``split``) or a folder of HR images (a path), under
+    ``degradation`` (:func:`degraded`)."""
     if name == DIV2K_VAL:
-        return div2k_pairs(root, scale, *div2k_range)
-    if name == SAMPLE:
+        pairs = div2k_pairs(root, scale, *div2k_range)
+    elif name == SAMPLE:
         from .sample import sample_dir
 
-        return folder_pairs(sample_dir(cache_dir) / split)
-    if "/" in name or Path(name).expanduser().is_dir():
-        return folder_pairs(name)
-    return benchmark_pairs(root, name, scale)
+        pairs = folder_pairs(sample_dir(cache_dir) / split)
+    elif "/" in name or Path(name).expanduser().is_dir():
+        pairs = folder_pairs(name)
+    else:
+        pairs = benchmark_pairs(root, name, scale)
+    return degraded(pairs, degradation)
 
 
 def eval_dataset(
@@ -217,9 +242,11 @@ def eval_dataset(
     div2k_range: tuple[int, int] = (801, 810),
     split: str = "val",
     protocol: str = "auto",
+    degradation: str = "bicubic",
 ) -> EvalDataset:
-    """The evaluation set ``name`` at ``scale`` (see :func:`resolve_pairs`), scored with
-    :func:`protocol_for` ``(name, scale, protocol)``; a folder is named by its last part."""
-    pairs = resolve_pairs(root, name, scale, cache_dir, div2k_range, split)
+    """The evaluation set ``name`` at ``scale`` under ``degradation`` (see
+    :func:`resolve_pairs`), scored with :func:`protocol_for` ``(name, scale, protocol)``; a
+    folder is named by its last part."""
+    pairs = resolve_pairs(root, name, scale, cache_dir, div2k_range, split, degradation)
     label = Path(name).name if "/" in name else name
     return EvalDataset(label, pairs, scale, cache_dir, protocol_for(name, scale, pairs, protocol))
