@@ -81,3 +81,17 @@ def test_compare_refuses_other_images_or_protocols(two_seeds, tmp_path, capsys):
     assert "image lists differ (only in A: ['bird']" in capsys.readouterr().err
     assert main([str(a), str(other)]) == 1
     assert "scored under different protocols" in capsys.readouterr().err
+
+
+def test_verdict_states_the_winners_lead_with_its_own_interval():
+    from sr_lightning.stats import mean_interval, verdict
+
+    b_minus_a = mean_interval([-0.30, -0.20, -0.10, -0.20])  # A wins every pair
+    text = verdict(b_minus_a, "l1", "l2")
+    lead = mean_interval([0.30, 0.20, 0.10, 0.20])  # the same data as A - B
+    assert text == f"l1 better by 0.200 dB, 95% CI [{lead.low:.3f}, {lead.high:.3f}]"
+    assert 0 < lead.low < lead.high
+    assert verdict(lead, "l1", "l2").startswith("l2 better by 0.200 dB, 95% CI [")
+    assert verdict(mean_interval([-0.1, 0.2, 0.05]), "a", "b").startswith(
+        "no detectable difference (b - a = +0.050 dB, 95% CI [-"
+    )

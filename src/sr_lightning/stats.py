@@ -43,8 +43,11 @@ def mean_interval(values: Sequence[float], level: float = 0.95) -> Interval:
 
 def verdict(diff: Interval, a: str = "A", b: str = "B", unit: str = "dB") -> str:
     """``B better by 0.12 dB, CI [0.05, 0.19]`` or ``no detectable difference (...)``."""
-    ci = f"{diff.level:.0%} CI [{diff.low:+.3f}, {diff.high:+.3f}]"
+    level = f"{diff.level:.0%} CI"
     if math.isnan(diff.low) or diff.contains_zero:
+        ci = f"{level} [{diff.low:+.3f}, {diff.high:+.3f}]"
         return f"no detectable difference ({b} - {a} = {diff.mean:+.3f} {unit}, {ci})"
-    better, by = (b, diff.mean) if diff.mean > 0 else (a, -diff.mean)
-    return f"{better} better by {by:.3f} {unit}, {ci}"
+    if diff.mean > 0:
+        return f"{b} better by {diff.mean:.3f} {unit}, {level} [{diff.low:.3f}, {diff.high:.3f}]"
+    # the interval of the winner's lead, a - b: the same numbers, negated and swapped
+    return f"{a} better by {-diff.mean:.3f} {unit}, {level} [{-diff.high:.3f}, {-diff.low:.3f}]"
