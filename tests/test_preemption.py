@@ -85,6 +85,9 @@ def start_and_kill(
         stdout=log.open("w"),
         stderr=subprocess.STDOUT,
         start_new_session=True,
+        # a job started in the background by a non-interactive shell inherits SIGINT ignored,
+        # and Python then never raises KeyboardInterrupt; a terminal's Ctrl-C is never ignored
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     target = run / "checkpoints" / f"step{after_step:07d}.ckpt"
     deadline = time.time() + 120
