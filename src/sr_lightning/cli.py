@@ -16,6 +16,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from .callbacks import DivergenceError
 from .checkpoint import load_network, load_state_dict
+from .compare import PER_IMAGE
 from .config_check import ConfigKeyError, check_command_line, check_keys
 from .config_rules import (
     finished_sweep_job,
@@ -142,8 +143,8 @@ def save_results(rows: list[dict], images: list[dict], path: Path) -> None:
     """``results.json`` and, beside it, ``per_image.csv``; say where they are."""
     if write_results(rows, path):
         print(f"results written to {path}")
-    if write_per_image(images, path.with_name("per_image.csv")):
-        print(f"per-image results written to {path.with_name('per_image.csv')}")
+    if write_per_image(images, path.with_name(PER_IMAGE)):
+        print(f"per-image results written to {path.with_name(PER_IMAGE)}")
 
 
 def log_result_tables(trainer, rows: list[dict], images: list[dict]) -> None:

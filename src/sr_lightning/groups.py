@@ -8,11 +8,11 @@ noise in SR (0.01-0.1 dB, more at small budgets) decides rankings that a single 
 
 from __future__ import annotations
 
-import csv
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from .compare import PER_IMAGE, read_rows
 from .stats import Interval, mean_interval, verdict
 
 if TYPE_CHECKING:
@@ -66,13 +66,13 @@ def group_lines(groups: list[Group], keys: list[str], psnr_columns: list[str], t
 
 
 def per_image(job_dir: Path) -> dict[tuple[str, int, str], float]:
-    """(set, scale, image) -> PSNR of the job's network (its ``per_image.csv``)."""
-    path = job_dir / "per_image.csv"
-    if not path.is_file():
+    """(set, scale, image) -> PSNR of the job's network (its ``per_image.csv``, read as
+    ``sr-compare`` reads it); empty for a job that has none."""
+    if not (job_dir / PER_IMAGE).is_file():
         return {}
-    with open(path, newline="") as f:
-        rows = [r for r in csv.DictReader(f) if r["model"] != "bicubic"]
-    return {(r["dataset"], int(r["scale"]), r["image"]): float(r["psnr"]) for r in rows}
+    return {
+        (r["dataset"], int(r["scale"]), r["image"]): float(r["psnr"]) for r in read_rows(job_dir)
+    }
 
 
 @dataclass(frozen=True)
