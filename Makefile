@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 TORCH ?= torch==2.13.0
 DATA ?= ../shared/datasets
 
-.PHONY: install test lint format eval-bicubic bench bench-data bench-infer gpu-payload train report ablations clean
+.PHONY: install test test-fast lint format eval-bicubic bench bench-data bench-infer gpu-payload train report ablations clean
 
 install:
 	$(PYTHON) -m venv $(VENV)
@@ -31,7 +31,7 @@ train:
 
 # Tables and plots of a Hydra multirun: make report SWEEP=outputs/<task>/multiruns/<id>
 report:
-	$(PY) -m sr_lightning.report $(SWEEP)
+	$(VENV)/bin/sr-report $(SWEEP)
 
 # The six smoke ablations of docs/ablations.md, 3 seeds each, tested on the sample's held-out
 # photos, Set5 and Set14; 51 jobs, 48 min on 2 cores. Re-running continues where it stopped (fixed
@@ -41,7 +41,7 @@ ablations:
 	for a in $(ABLATIONS); do \
 		$(PY) train.py -m experiment=ablation_$${a}_smoke +seeds=three data.root=$(DATA) \
 			'data.benchmarks=[sample,Set5,Set14]' hydra.sweep.dir=outputs/ablations/$$a && \
-		$(PY) -m sr_lightning.report outputs/ablations/$$a > /dev/null || exit 1; \
+		$(VENV)/bin/sr-report outputs/ablations/$$a > /dev/null || exit 1; \
 	done
 
 # The paper's bicubic rows, reproduced on the four benchmarks.
@@ -52,7 +52,7 @@ eval-bicubic:
 # The benchmark table (training step: plain eager vs ours, FLOPs and % of the matmul peak,
 # inference ms/MP, loader patches/s), printed and appended to BENCHMARKS.md. ~15 min on 2 cores.
 bench:
-	$(PY) -m sr_lightning.bench --data-root $(DATA)
+	$(VENV)/bin/sr-bench --data-root $(DATA)
 
 # What bench/gpu.sh needs on a GPU machine without network: wheels of the packages its image
 # lacks (.whl/, pure Python) and the training/test images (gpu_payload/datasets/).
@@ -64,13 +64,13 @@ gpu-payload:
 		cp -r $(DATA)/benchmark/$$s/HR gpu_payload/datasets/benchmark/$$s/; done
 	du -sh .whl gpu_payload
 
-# Data-loader patches/s (batch 16, 48x48 LR, x2) with 0, 1 and 2 workers.
+# Data-loader patches/s (batch 16, 48x48 LR, x2) with 0, 1 and 2 workers and data.on_device.
 bench-data:
-	$(PY) bench/data.py --root $(DATA)
+	$(VENV)/bin/sr-bench --only loader --workers 0 1 2 --data-root $(DATA) --out ''
 
 # Inference ms per output megapixel (EDSR-baseline, EDSR; x2, x4; fp32; tiled and not).
 bench-infer:
-	$(PY) bench/infer.py
+	$(VENV)/bin/sr-bench --only inference --data-root $(DATA) --out ''
 
 clean:
 	rm -rf .pytest_cache .ruff_cache src/*.egg-info

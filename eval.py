@@ -5,14 +5,15 @@ import sys
 import hydra
 from omegaconf import DictConfig
 
-import sr_lightning.cli
+from sr_lightning.cli.eval import run_eval
+from sr_lightning.config.rules import prepare_command_line
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="eval")
 def main(cfg: DictConfig) -> None:
-    sr_lightning.cli.run_eval(cfg)
+    run_eval(cfg)
 
 
 if __name__ == "__main__":
-    sys.argv = sr_lightning.cli.prepare_command_line("eval", sys.argv)
+    sys.argv = prepare_command_line("eval", sys.argv)
     main()

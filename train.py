@@ -5,16 +5,16 @@ import sys
 import hydra
 from omegaconf import DictConfig
 
-import sr_lightning.cli
+from sr_lightning.cli.train import run_train
+from sr_lightning.config.rules import prepare_command_line
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="train")
 def main(cfg: DictConfig) -> float | None:
     """Returns the best validation PSNR (for Hydra sweepers such as Optuna)."""
-    metrics = sr_lightning.cli.run_train(cfg)
-    return metrics.get("val/psnr")
+    return run_train(cfg).get("val/psnr")
 
 
 if __name__ == "__main__":
-    sys.argv = sr_lightning.cli.prepare_command_line("train", sys.argv)
+    sys.argv = prepare_command_line("train", sys.argv)
     main()

@@ -5,7 +5,7 @@
 #   2. trains EDSR-baseline x2 for 2 minutes on $DATA's B100 images as configured (bf16,
 #      channels_last), then 2 minutes in fp32, and prints for each the images/s, model TFLOP/s,
 #      MFU and the Set5 x2 PSNR it reached (fp32 evaluation) next to bicubic,
-#   3. runs the benchmark table (python -m sr_lightning.bench): the training step of EDSR-baseline
+#   3. runs the benchmark table (python -m sr_lightning.cli.bench): the training step of EDSR-baseline
 #      and EDSR x2, plain vs ours as configured, with each speed-up off and alone (bf16,
 #      channels_last, fused Adam, the torch.compile modes, data.on_device), with peak memory;
 #      the loader's patches/s (workers, data.on_device); inference ms/MP, fp32 and bf16,
@@ -23,7 +23,7 @@ DATA=${DATA:-gpu_payload/datasets}
 LOGS=${LOGS:-${OUT:-outputs/gpu}}
 BENCHMARKS=${BENCHMARKS:-BENCHMARKS.md}  # where the block is appended
 TRAIN_ARGS=${TRAIN_ARGS:-}               # extra train.py overrides (both runs)
-BENCH_ARGS=${BENCH_ARGS:-}               # extra sr_lightning.bench options
+BENCH_ARGS=${BENCH_ARGS:-}               # extra sr-bench options
 TRAIN_LIMIT=${TRAIN_LIMIT:-165}          # s per training run: 2 min of updates + start + test
 BENCH_LIMIT=${BENCH_LIMIT:-190}          # s for the table; no new row in its last 40 s
 mkdir -p "$LOGS"
@@ -86,7 +86,7 @@ done
 echo "== benchmark table (limit $BENCH_LIMIT s)"
 rm -f "$LOGS/BENCHMARKS.append.md"
 # shellcheck disable=SC2086  # BENCH_ARGS holds several options
-timeout -k 10 "$BENCH_LIMIT" $PY -m sr_lightning.bench --device cuda --data-root "$DATA" \
+timeout -k 10 "$BENCH_LIMIT" $PY -m sr_lightning.cli.bench --device cuda --data-root "$DATA" \
   --budget-s $(( BENCH_LIMIT > 60 ? BENCH_LIMIT - 40 : BENCH_LIMIT / 2 )) \
   --out "$LOGS/BENCHMARKS.append.md" $BENCH_ARGS >"$LOGS/bench.log" 2>&1
 echo "bench exit code $?; the whole script took $(( $(date +%s) - script_start )) s"

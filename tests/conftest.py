@@ -1,14 +1,13 @@
-"""Shared fixtures: the real benchmark images in ../shared/datasets (tests skip without them)."""
+"""Shared fixtures: the real benchmark images in ../shared/datasets (tests skip without them),
+private caches, and tiers: tests marked ``slow`` (subprocesses, launchers, signals, several
+processes) run only in ``make test``; ``make test-fast`` runs the rest in process."""
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import pytest
-
-REPO = Path(__file__).resolve().parents[1]
-SHARED_DATA = Path(os.environ.get("SR_TEST_DATA", REPO.parent / "shared" / "datasets"))
+from helpers import SHARED_DATA
 
 
 @pytest.fixture(scope="session")
@@ -23,3 +22,10 @@ def data_root() -> Path:
 def cache_dir(tmp_path_factory) -> Path:
     """A decoded-image cache private to the test session."""
     return tmp_path_factory.mktemp("sr_cache")
+
+
+@pytest.fixture(scope="session")
+def sample_cache(tmp_path_factory) -> Path:
+    """A cache for ``data=sample`` (scikit-image's photos), shared by the session."""
+    pytest.importorskip("skimage", reason="data=sample needs scikit-image (the [sample] extra)")
+    return tmp_path_factory.mktemp("sample_cache")

@@ -13,15 +13,18 @@ import lightning as L
 import pytest
 import torch
 import torch.nn.functional as F
+from helpers import make_dm
 from lightning.pytorch.loggers import CSVLogger
-from test_data import make_dm
 from torch.utils.flop_counter import FlopCounterMode
 
-from sr_lightning import bench
-from sr_lightning.callbacks import ImagesPerSecond
-from sr_lightning.flops import train_step_flops
-from sr_lightning.lit_module import CompiledOrEager, SRLitModule
+from sr_lightning.bench import harness as bench
+from sr_lightning.bench import step
+from sr_lightning.config.resolvers import PACKAGE_CHECKOUT
 from sr_lightning.models import EDSR, MDSR, PRESETS
+from sr_lightning.training.callbacks import ImagesPerSecond
+from sr_lightning.training.compile import CompiledOrEager
+from sr_lightning.training.flops import train_step_flops
+from sr_lightning.training.lit_module import SRLitModule
 
 
 def test_edsr_baseline_step_flops_by_hand():
@@ -65,7 +68,7 @@ def test_plain_and_our_steps_run_and_the_table_is_appended(tmp_path, monkeypatch
         [
             "--models", "edsr_baseline", "--steps", "3", "--warmup", "1", "--batch", "2",
             "--patch", "12", "--modes", "plain", "ours default", "ours default + channels_last",
-            "--workers", "0", "--no-inference", "--data-root", str(data_root),
+            "--workers", "0", "--only", "loader", "steps", "--data-root", str(data_root),
             "--train-set", "benchmark/Set14/HR", "--loader-batches", "10", "--peak-n", "256",
             "--out", str(out),
         ]
@@ -83,17 +86,17 @@ def test_plain_and_our_steps_run_and_the_table_is_appended(tmp_path, monkeypatch
 
 
 def test_the_default_row_is_what_train_py_does():
-    """bench.default_knobs mirrors the configs (on this machine: CPU), so the rows named
+    """step.default_knobs mirrors the configs (on this machine: CPU), so the rows named
     after it say what they change."""
-    cfg = bench.compose_train_config(["paths.output_dir=/tmp"])
-    knobs = bench.default_knobs("cpu")
+    cfg = step.compose_train_config(["paths.output_dir=/tmp"])
+    knobs = step.default_knobs("cpu")
     assert cfg.model.channels_last is knobs.channels_last
     assert cfg.model.compile is False and knobs.compile is None
     assert cfg.trainer.precision == "32-true" and not knobs.bf16
     assert cfg.data.on_device is False and not knobs.on_device
-    names = list(bench.variants("cuda"))
+    names = list(step.variants("cuda"))
     assert names[0] == "ours default" and "ours all off + compile reduce-overhead" in names
-    compiled = [bench.variants("cuda")[n].compile is not None for n in names]
+    compiled = [step.variants("cuda")[n].compile is not None for n in names]
     assert compiled.index(True) > names.index("ours default + data.on_device")
 
 
@@ -160,11 +163,11 @@ def test_gpu_script_runs_to_the_end_on_this_cpu(tmp_path, data_root, cache_dir):
     """bench/gpu.sh with tiny sizes through its options: both training runs (default, fp32)
     with their throughput and PSNR lines, the table (no compile rows: minutes on 2 cores), all
     appended to a temporary BENCHMARKS file and printed last; the repo's file is left alone."""
-    repo_benchmarks = bench.REPO / "BENCHMARKS.md"
+    repo_benchmarks = PACKAGE_CHECKOUT / "BENCHMARKS.md"
     before = repo_benchmarks.read_bytes()
     out = tmp_path / "BENCHMARKS.md"
     out.write_text("# Benchmarks\n")
-    from test_train import TINY
+    from helpers import TINY
 
     tiny_train = [
         "trainer=cpu",
@@ -191,7 +194,7 @@ def test_gpu_script_runs_to_the_end_on_this_cpu(tmp_path, data_root, cache_dir):
         "BENCH_LIMIT": "120",
     }
     proc = subprocess.run(
-        ["bash", str(bench.REPO / "bench" / "gpu.sh")],
+        ["bash", str(PACKAGE_CHECKOUT / "bench" / "gpu.sh")],
         capture_output=True,
         text=True,
         timeout=300,
@@ -213,7 +216,7 @@ def test_gpu_script_runs_to_the_end_on_this_cpu(tmp_path, data_root, cache_dir):
     for model in ("edsr_baseline", "edsr"):
         assert [f"| {model}", "plain eager fp32 NCHW"] in rows
         assert [f"| {model}", "ours default + data.on_device"] in rows
-    assert "data.on_device: **" in block and "Inference, whole image" in block
+    assert "data.on_device: **" in block and "Inference (super_resolve)" in block
 
 
 def test_each_compile_mode_compiles_the_network_module(monkeypatch):

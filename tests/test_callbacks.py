@@ -5,10 +5,10 @@ from __future__ import annotations
 import lightning as L
 import pytest
 import torch
+from helpers import make_dm
 from lightning.fabric.plugins.io import torch_io
-from test_data import make_dm
 
-from sr_lightning.callbacks import AtomicCheckpointIO, DivergenceError, DivergenceGuard
+from sr_lightning.training.callbacks import AtomicCheckpointIO, DivergenceError, DivergenceGuard
 
 
 def test_failed_save_leaves_previous_checkpoint_loadable(tmp_path, monkeypatch):
@@ -52,8 +52,8 @@ class BlowUpAt(L.Callback):
 def tiny_fit(tmp_path, data_root, cache_dir, callbacks: list, max_steps: int = 20):
     from lightning.pytorch.callbacks import ModelCheckpoint
 
-    from sr_lightning.lit_module import SRLitModule
     from sr_lightning.models import EDSR
+    from sr_lightning.training.lit_module import SRLitModule
 
     dm = make_dm(
         data_root,

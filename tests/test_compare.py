@@ -7,10 +7,10 @@ import math
 from pathlib import Path
 
 import pytest
+from helpers import tiny_args, train
 from scipy import stats
-from test_train import tiny_args, train
 
-from sr_lightning.compare import main
+from sr_lightning.cli.compare import main
 
 
 def per_image(run: Path) -> dict[str, float]:
@@ -84,7 +84,7 @@ def test_compare_refuses_other_images_or_protocols(two_seeds, tmp_path, capsys):
 
 
 def test_verdict_states_the_winners_lead_with_its_own_interval():
-    from sr_lightning.stats import mean_interval, verdict
+    from sr_lightning.analysis.stats import mean_interval, verdict
 
     b_minus_a = mean_interval([-0.30, -0.20, -0.10, -0.20])  # A wins every pair
     text = verdict(b_minus_a, "l1", "l2")

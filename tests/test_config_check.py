@@ -9,15 +9,14 @@ import os
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import pytest
+from helpers import REPO
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
-from sr_lightning.config_check import ConfigKeyError, check_keys
+from sr_lightning.config.keys import ConfigKeyError, check_keys
 
-REPO = Path(__file__).resolve().parents[1]
 CONF = REPO / "conf"
 
 
@@ -98,14 +97,14 @@ def test_defaults_pass(train_cfg):
         (  # the LitModule node holds the net node: its own keys are SRLitModule's arguments
             "model.channel_last",
             True,
-            "model.channel_last: unknown key for sr_lightning.lit_module.SRLitModule (config: "
-            "model=edsr_baseline); did you mean 'channels_last'? allowed: net, optim, init_from, "
-            "channels_last, compile, self_ensemble",
+            "model.channel_last: unknown key for sr_lightning.training.lit_module.SRLitModule "
+            "(config: model=edsr_baseline); did you mean 'channels_last'? allowed: net, optim, "
+            "init_from, channels_last, compile, self_ensemble",
         ),
         (
             "optim.lr_decay_step",
             10,
-            "optim.lr_decay_step: unknown key for sr_lightning.lit_module.OptimRecipe "
+            "optim.lr_decay_step: unknown key for sr_lightning.training.lit_module.OptimRecipe "
             "(config: optim=adam); did you mean 'lr_decay_steps'? allowed: loss, lr, ",
         ),
         (
@@ -179,7 +178,7 @@ def test_logger_typo_and_all_keys_at_once(hydra_conf):
     with pytest.raises(ConfigKeyError, match="3 unknown config key") as err:
         check_keys(cfg, "train")
     msg = str(err.value)
-    assert "logger.csv.nme: unknown key for sr_lightning.loggers.CSVLogger" in msg
+    assert "logger.csv.nme: unknown key for sr_lightning.training.loggers.CSVLogger" in msg
     assert "(config: logger=csv, experiment=quickstart); did you mean 'name'?" in msg
     assert "sed: unknown key at the top level (config: train.yaml, experiment=quickstart)" in msg
     paths = {p.split(":")[0] for p in err.value.problems}
@@ -189,7 +188,7 @@ def test_logger_typo_and_all_keys_at_once(hydra_conf):
 def test_kwargs_target_warns_on_a_near_miss_only(train_cfg, caplog):
     """W&B's logger hands **kwargs on to wandb.init: any key passes, a near miss is a warning."""
     cfg = with_keys(train_cfg, logger__wandb__projct="x", logger__wandb__entity="me")
-    with caplog.at_level(logging.WARNING, logger="sr_lightning.config_check"):
+    with caplog.at_level(logging.WARNING, logger="sr_lightning.config.keys"):
         check_keys(cfg, "train")
     assert "logger.wandb.projct: passed to" in caplog.text and "'project'?" in caplog.text
     assert "entity" not in caplog.text and "mode" not in caplog.text
@@ -198,8 +197,8 @@ def test_kwargs_target_warns_on_a_near_miss_only(train_cfg, caplog):
 def test_train_and_eval_only_keys(train_cfg, eval_cfg):
     with pytest.raises(ConfigKeyError, match="data.global_batch_size: unknown key"):
         check_keys(with_keys(train_cfg, data__global_batch_size=32), "train")  # gone: batch_size
-    with pytest.raises(ConfigKeyError, match="tiles: unknown key .*eval.yaml.*'tile'"):
-        check_keys(with_keys(eval_cfg, tiles=2), "eval")
+    with pytest.raises(ConfigKeyError, match="devise: unknown key .*eval.yaml.*'device'"):
+        check_keys(with_keys(eval_cfg, devise="cpu"), "eval")
     with pytest.raises(ConfigKeyError, match="ckpt: unknown key at the top level"):
         check_keys(with_keys(eval_cfg, ckpt=1), "eval")
 
@@ -234,7 +233,7 @@ def test_train_py_fails_fast_on_a_typo_in_an_experiment_file(tmp_path):
     assert proc.returncode != 0
     assert "ConfigKeyError: 3 unknown config key(s)" in proc.stderr, proc.stderr[-3000:]
     for line in (
-        "model.n_resblock: unknown key for sr_lightning.lit_module.SRLitModule (config: "
+        "model.n_resblock: unknown key for sr_lightning.training.lit_module.SRLitModule (config: "
         "model=edsr_baseline, experiment=mine); did you mean 'net.n_resblocks'?",
         "trainer.max_step: unknown key for lightning.pytorch.Trainer",
         "sed: unknown key at the top level (config: train.yaml, experiment=mine)",

@@ -5,37 +5,16 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from helpers import make_dm
 from PIL import Image
 
 import sr_lightning.data.datasets as datasets_mod
+from sr_lightning.core.inference import dihedral, dihedral_inverse
 from sr_lightning.data.datamodule import SRDataModule, UnpaddedDistributedSampler
 from sr_lightning.data.datasets import aligned_pair, folder_pairs
 from sr_lightning.data.degradation import bicubic_downscale
 from sr_lightning.data.io import ImageError, load_image
 from sr_lightning.data.patches import PatchBatches
-from sr_lightning.inference import dihedral, dihedral_inverse
-
-
-def make_dm(root, cache_dir, **kw) -> SRDataModule:
-    args = dict(
-        root=str(root),
-        scales=[2],
-        patch_size=16,
-        batch_size=4,
-        num_workers=0,
-        train_set="benchmark/Set5/HR",
-        val_sets=["Set5"],
-        benchmarks=["Set5"],
-        updates_per_epoch=6,
-        cache_dir=str(cache_dir),
-    )
-    args.update(kw)
-    if "/" in args["train_set"]:
-        args["train_set"] = str(root / args["train_set"])
-    dm = SRDataModule(**args)
-    dm.prepare_data()
-    dm.setup("fit")
-    return dm
 
 
 def assert_aligned(lr: torch.Tensor, hr: torch.Tensor, scale: int) -> None:

@@ -12,6 +12,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from sr_lightning.core.resize import cubic, imresize
 from sr_lightning.data.datasets import benchmark_pairs
 from sr_lightning.data.degradation import (
     bd_downscale,
@@ -24,7 +25,6 @@ from sr_lightning.data.degradation import (
     noise_seed,
 )
 from sr_lightning.data.io import load_image
-from sr_lightning.resize import cubic, imresize
 
 
 @pytest.mark.parametrize("name", ["Set5", "Set14"])

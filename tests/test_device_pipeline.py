@@ -5,8 +5,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from test_data import make_dm
-from test_train import REPO, tiny_args, train
+from helpers import REPO, make_dm, tiny_args, train
 
 from sr_lightning.data.device_patches import DevicePatchBatches
 

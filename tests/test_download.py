@@ -18,6 +18,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from sr_lightning.cli.download import main
 from sr_lightning.data.download import (
     BENCHMARK,
     DIV2K_TRAIN_HR,
@@ -29,7 +30,6 @@ from sr_lightning.data.download import (
     extract_archive,
     fetch_dataset,
     install_archive,
-    main,
     resolve_url,
     verify_archive,
 )

@@ -5,17 +5,14 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 import torch
+from helpers import REPO, score
 
-from sr_lightning.checkpoint import load_weights
 from sr_lightning.data.datasets import benchmark_pairs, eval_dataset
-from sr_lightning.evaluate import evaluate
 from sr_lightning.models import EDSR, Bicubic
-
-REPO = Path(__file__).resolve().parents[1]
+from sr_lightning.models.checkpoint import load_weights
 
 # ../shared/paper/EDSR-facts.md, Table 3, "Bicubic" column: (PSNR, SSIM)
 PAPER_BICUBIC = {
@@ -29,7 +26,7 @@ PAPER_BICUBIC = {
 
 
 def test_bicubic_reproduces_paper_table(data_root, cache_dir):
-    rows = evaluate(
+    rows = score(
         Bicubic(),
         data_root,
         ["Set5", "Set14"],
@@ -101,14 +98,14 @@ def test_missing_data_set_says_where_and_how(tmp_path):
         eval_dataset(tmp_path, "Set5", 2)
     msg = str(err.value)
     assert str(tmp_path / "benchmark" / "Set5" / "HR") in msg
-    assert "sr_lightning.data.download benchmark" in msg
+    assert "sr-download benchmark" in msg
     with pytest.raises(ValueError, match="unknown data set 'Set6'"):
         eval_dataset(tmp_path, "Set6", 2)
 
 
 def test_model_without_the_scale_is_refused(data_root):
     with pytest.raises(ValueError, match=r"data.scales=\[3\]: the model supports only x\[2\]"):
-        evaluate(EDSR(scale=2, n_resblocks=1, n_feats=8), data_root, ["Set5"], [3], model_name="m")
+        score(EDSR(scale=2, n_resblocks=1, n_feats=8), data_root, ["Set5"], [3], model_name="m")
 
 
 def test_checkpoint_loading_is_strict_and_safe(tmp_path):
@@ -137,7 +134,7 @@ def test_eval_cli_with_an_authors_checkpoint_and_self_ensemble(data_root, tmp_pa
             f"data.root={data_root}",
             "data.benchmarks=[Set5]",
             "data.scales=[4]",
-            "self_ensemble=true",
+            "model.self_ensemble=true",
             f"results_path={out}",
             f"hydra.run.dir={tmp_path / 'run'}",
         ],
@@ -149,5 +146,5 @@ def test_eval_cli_with_an_authors_checkpoint_and_self_ensemble(data_root, tmp_pa
     (row,) = json.loads(out.read_text())
     assert row["model"] == "edsr_tiny_x4" and row["self_ensemble"] is True
     assert row["n_images"] == 5
-    expected = evaluate(net, data_root, ["Set5"], [4], model_name="m", self_ensemble=True)
+    expected = score(net, data_root, ["Set5"], [4], model_name="m", self_ensemble=True)
     assert row["psnr"] == pytest.approx(expected[0]["psnr"], abs=1e-4)

@@ -7,17 +7,17 @@ from pathlib import Path
 import pytest
 import torch
 
+from sr_lightning.cli.export import main
 from sr_lightning.data.io import load_image
-from sr_lightning.export import (
+from sr_lightning.models import EDSR, MDSR
+from sr_lightning.models.export import (
     SUFFIXES,
     SingleScale,
     check_onnx,
     export_onnx,
     export_program,
     export_torchscript,
-    main,
 )
-from sr_lightning.models import EDSR, MDSR
 
 ATOL = 1e-3  # absolute, outputs in [0, 255]
 

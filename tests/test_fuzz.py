@@ -19,13 +19,13 @@ import pytest
 import torch
 from PIL import Image, ImageFile
 
+from sr_lightning.cli.upscale import main
+from sr_lightning.core.inference import self_ensemble
+from sr_lightning.core.metrics import quantize
 from sr_lightning.data.datamodule import SRDataModule
 from sr_lightning.data.datasets import eval_dataset
 from sr_lightning.data.io import ImageError, load_image, to_rgb
-from sr_lightning.inference import self_ensemble
-from sr_lightning.metrics import quantize
 from sr_lightning.models import EDSR
-from sr_lightning.upscale import main
 
 SIG = b"\x89PNG\r\n\x1a\n"
 PIXELS = np.random.default_rng(0).integers(0, 256, (12, 10, 3), dtype=np.uint8)  # H, W, C
@@ -312,7 +312,7 @@ def test_cli_upscales_one_pixel_images(tmp_path, weights, args):
 
 
 def run_cli(*args: str) -> subprocess.CompletedProcess:
-    cmd = [sys.executable, "-m", "sr_lightning.upscale", *args]
+    cmd = [sys.executable, "-m", "sr_lightning.cli.upscale", *args]
     return subprocess.run(cmd, capture_output=True, text=True, timeout=60)
 
 
@@ -321,7 +321,7 @@ def test_cli_process_upscales_one_pixel_then_refuses_a_bomb(tmp_path, weights):
     code 1 (not a signal) and one line naming it (no traceback); nothing is written for it."""
     one = write(tmp_path / "in", "a_one.png", encoded(np.array([[[10, 200, 30]]], np.uint8)))
     bomb = write(tmp_path / "in", "b_bomb_warn.png", BAD["bomb_warn.png"][0])
-    cmd = [sys.executable, "-m", "sr_lightning.upscale", str(one), str(bomb)]
+    cmd = [sys.executable, "-m", "sr_lightning.cli.upscale", str(one), str(bomb)]
     cmd += ["--weights", str(weights[0]), "--out", str(tmp_path / "out")]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
     assert proc.returncode == 1, proc.stderr[-2000:]

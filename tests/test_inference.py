@@ -4,16 +4,16 @@ from __future__ import annotations
 
 import torch
 
-from sr_lightning.checkpoint import init_from_checkpoint
-from sr_lightning.inference import (
+from sr_lightning.core.inference import (
     dihedral,
     dihedral_inverse,
     receptive_radius,
     self_ensemble,
     tiled_forward,
 )
-from sr_lightning.lit_module import SRLitModule
 from sr_lightning.models import EDSR
+from sr_lightning.models.checkpoint import init_from_checkpoint
+from sr_lightning.training.lit_module import SRLitModule
 
 
 def test_self_ensemble_is_mean_of_eight_transformed_forwards():

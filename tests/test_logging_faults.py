@@ -19,11 +19,11 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers import REPO
 
-import sr_lightning.loggers as loggers_mod
-from sr_lightning.loggers import WandbLogger
+import sr_lightning.training.loggers as loggers_mod
+from sr_lightning.training.loggers import WandbLogger
 
-REPO = Path(__file__).resolve().parents[1]
 FAKE_KEY = "0123456789abcdef0123456789abcdef01234567"  # 40 characters, like a real key
 
 
@@ -202,13 +202,13 @@ def test_disk_full_logs_are_reported_and_training_goes_on(
     """metrics.csv, hparams.yaml and history.csv are links to /dev/full (every write fails with
     ENOSPC from the kernel); W&B media files fail with ENOSPC. Checkpoints are on a good disk."""
     import lightning as L
+    from helpers import make_dm
     from lightning.pytorch.callbacks import ModelCheckpoint
-    from test_data import make_dm
 
-    from sr_lightning.callbacks import AtomicCheckpointIO, MetricHistory
-    from sr_lightning.lit_module import SRLitModule
-    from sr_lightning.loggers import CSVLogger
     from sr_lightning.models import EDSR
+    from sr_lightning.training.callbacks import AtomicCheckpointIO, MetricHistory
+    from sr_lightning.training.lit_module import SRLitModule
+    from sr_lightning.training.loggers import CSVLogger
 
     if not os.path.exists("/dev/full"):
         pytest.skip("needs /dev/full")
@@ -227,7 +227,7 @@ def test_disk_full_logs_are_reported_and_training_goes_on(
     module = SRLitModule(EDSR(scale=2, n_resblocks=1, n_feats=8), n_image_panels=2)
     wandb_logger = WandbLogger(project="faults", save_dir=str(run), mode="offline")
     csv_logger = CSVLogger(save_dir=str(run), name="csv", version="", flush_logs_every_n_steps=1)
-    history = MetricHistory(dirpath=str(run))
+    history = MetricHistory(run_dir=str(run))
     trainer = L.Trainer(
         accelerator="cpu",
         max_epochs=2,
@@ -299,8 +299,8 @@ def _fill_past_the_limit(log_dir: Path) -> dict:
     import signal
     from types import SimpleNamespace
 
-    from sr_lightning.callbacks import MetricHistory
-    from sr_lightning.loggers import _AppendingWriter
+    from sr_lightning.training.callbacks import MetricHistory
+    from sr_lightning.training.loggers import _AppendingWriter
 
     warnings: list[str] = []
     handler = logging.Handler()
@@ -355,8 +355,8 @@ def _rewrite_past_the_limit(folder: Path) -> dict:
     import resource
     import signal
 
-    from sr_lightning.callbacks import drop_csv_rows_from
-    from sr_lightning.loggers import write_atomically
+    from sr_lightning.runs.records import write_atomically
+    from sr_lightning.training.callbacks.resume import drop_csv_rows_from
 
     warnings: list[str] = []
     handler = logging.Handler()

@@ -13,8 +13,8 @@ from torchmetrics.functional.image import (
     structural_similarity_index_measure,
 )
 
-from sr_lightning.metrics import SRMetrics, psnr_ssim, quantize, rgb_to_y, shave, ssim
-from sr_lightning.protocol import Protocol
+from sr_lightning.core.metrics import SRMetrics, psnr_ssim, quantize, rgb_to_y, shave, ssim
+from sr_lightning.core.protocol import Protocol
 
 
 def test_y_is_matlab_studio_range():

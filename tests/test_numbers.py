@@ -3,7 +3,6 @@ checkpoints that record their network, the protocol of each data set, the global
 
 from __future__ import annotations
 
-import ast
 import json
 import os
 import subprocess
@@ -13,16 +12,16 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
+from helpers import REPO, score, train
 from PIL import Image
-from test_train import REPO, train
 
-from sr_lightning.checkpoint import init_from_checkpoint, load_network
+from sr_lightning.cli.upscale import main as upscale
+from sr_lightning.core.metrics import psnr_ssim
 from sr_lightning.data.datasets import aligned_pair, benchmark_pairs
 from sr_lightning.data.io import load_image
-from sr_lightning.evaluate import evaluate, format_table
-from sr_lightning.metrics import psnr_ssim
 from sr_lightning.models import MDSR, Bicubic, record
-from sr_lightning.upscale import main as upscale
+from sr_lightning.models.checkpoint import init_from_checkpoint, load_network
+from sr_lightning.runs.results import format_table
 
 SRC = REPO / "src" / "sr_lightning"
 
@@ -103,7 +102,7 @@ def test_res_scale_model_in_bf16_with_ensemble_agrees_everywhere(tmp_path, data_
         f"ckpt_path={best}",
         f"data.root={data_root}",
         "data.benchmarks=[Set5]",
-        "self_ensemble=true",
+        "model.self_ensemble=true",
         f"data.cache_dir={cache_dir}",
         f"hydra.run.dir={tmp_path / 'eval'}",
     )
@@ -207,8 +206,8 @@ def div2k_folder(data_root: Path, root: Path) -> Path:
 
 def test_div2k_is_scored_on_rgb_with_border_scale_plus_6(tmp_path, data_root):
     root = div2k_folder(data_root, tmp_path / "data")
-    kwargs = {"model_name": "bicubic", "div2k_range": (801, 803), "cache_dir": tmp_path / "c"}
-    (row,) = evaluate(Bicubic(), root, ["DIV2K"], [3], **kwargs)
+    kwargs = {"model_name": "bicubic", "div2k_val_range": (801, 803), "cache_dir": tmp_path / "c"}
+    (row,) = score(Bicubic(), root, ["DIV2K"], [3], **kwargs)
     assert row["protocol"] == {
         "channels": "rgb",
         "border": 9,
@@ -225,7 +224,7 @@ def test_div2k_is_scored_on_rgb_with_border_scale_plus_6(tmp_path, data_root):
         sr = Bicubic()(lr[None].float(), 3)
         by_hand.append(psnr_ssim(sr, hr[None], channels="rgb", border=9)[0].item())
     assert row["psnr"] == pytest.approx(sum(by_hand) / 3, abs=1e-4)
-    (forced,) = evaluate(Bicubic(), root, ["DIV2K"], [3], protocol="benchmark", **kwargs)
+    (forced,) = score(Bicubic(), root, ["DIV2K"], [3], protocol="benchmark", **kwargs)
     assert forced["protocol"] == {
         "channels": "y",
         "border": 3,
@@ -239,7 +238,7 @@ def test_div2k_is_scored_on_rgb_with_border_scale_plus_6(tmp_path, data_root):
 
 
 def test_report_never_puts_two_protocols_in_one_column(tmp_path):
-    from sr_lightning.report import build_report
+    from sr_lightning.analysis.report import build_report
 
     sweep = tmp_path / "sweep"
     for job, (channels, border, psnr) in enumerate([("y", 2, 30.0), ("rgb", 8, 28.0)]):
@@ -328,25 +327,3 @@ def test_eval_refuses_a_random_trainable_network(tmp_path):
     assert "model=edsr_baseline without ckpt_path= would score a randomly initialised" in said
     assert "Traceback" not in said
     assert not (tmp_path / "results.json").exists()
-
-
-def imports(folder: Path) -> set[str]:
-    """The sr_lightning modules imported by the files of ``folder`` (absolute names)."""
-    found = set()
-    for path in folder.glob("*.py"):
-        package = "sr_lightning." + ".".join(path.relative_to(SRC).parts[:-1])
-        for node in ast.walk(ast.parse(path.read_text())):
-            if isinstance(node, ast.ImportFrom) and node.level:
-                base = package.rsplit(".", node.level - 1)[0] if node.level > 1 else package
-                found.add(f"{base}.{node.module}" if node.module else base)
-            elif isinstance(node, ast.ImportFrom) and (node.module or "").startswith("sr_"):
-                found.add(node.module)
-    return found
-
-
-def test_data_and_models_do_not_import_each_other_and_config_check_is_no_loop():
-    assert not any(m.startswith("sr_lightning.models") for m in imports(SRC / "data"))
-    assert not any(m.startswith("sr_lightning.data") for m in imports(SRC / "models"))
-    check = ast.parse((SRC / "config_check.py").read_text())
-    modules = {n.module for n in ast.walk(check) if isinstance(n, ast.ImportFrom)}
-    assert "cli" not in modules and "sr_lightning.cli" not in modules

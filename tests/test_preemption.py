@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from test_train import REPO, ckpt_step, tiny_args, train
+from helpers import REPO, ckpt_step, tiny_args, train
 
 pytestmark = pytest.mark.slow
 
@@ -31,12 +31,6 @@ def args(cache_dir: Path, run: Path) -> list[str]:
         "test_after_fit=false",
         f"hydra.run.dir={run}",
     ]
-
-
-@pytest.fixture(scope="module")
-def sample_cache(tmp_path_factory) -> Path:
-    pytest.importorskip("skimage", reason="data=sample needs scikit-image (the [sample] extra)")
-    return tmp_path_factory.mktemp("cache")
 
 
 @pytest.fixture(scope="module")

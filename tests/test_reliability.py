@@ -7,14 +7,11 @@ import os
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import pytest
 import torch
+from helpers import REPO, tiny_args, train
 from PIL import Image
-from test_train import tiny_args, train
-
-REPO = Path(__file__).resolve().parents[1]
 
 
 def python(code: str, timeout: float = 120, **env: str) -> subprocess.CompletedProcess:
@@ -98,7 +95,7 @@ def test_a_wrong_data_root_for_the_test_sets_fails_before_training(tmp_path, cac
     said = proc.stdout + proc.stderr
     assert proc.returncode == 1, said[-3000:]
     assert f"benchmark Set5 not found: expected images in {tmp_path / 'nowhere'}" in said
-    assert "sr_lightning.data.download benchmark" in said and "Traceback" not in said
+    assert "sr-download benchmark" in said and "Traceback" not in said
     assert not list((run / "checkpoints").glob("*.ckpt"))  # not a single update was made
 
 
@@ -142,7 +139,7 @@ def test_a_corrupt_weights_file_says_it_is_not_a_checkpoint(tmp_path, data_root,
         weights.write_bytes(content)
     src = data_root / "benchmark" / "Set5" / "LR_bicubic" / "X2" / "birdx2.png"
     proc = subprocess.run(
-        [sys.executable, "-m", "sr_lightning.upscale", str(src), "--weights", str(weights),
+        [sys.executable, "-m", "sr_lightning.cli.upscale", str(src), "--weights", str(weights),
          "--out", str(tmp_path / "out")],
         capture_output=True, text=True, timeout=120,
     )  # fmt: skip
@@ -151,8 +148,8 @@ def test_a_corrupt_weights_file_says_it_is_not_a_checkpoint(tmp_path, data_root,
 
 
 def test_upscale_writes_every_good_file_and_counts_the_bad_ones(tmp_path, data_root):
+    from sr_lightning.cli.upscale import main
     from sr_lightning.models import EDSR
-    from sr_lightning.upscale import main
 
     torch.save(EDSR(scale=2, n_resblocks=1, n_feats=8).state_dict(), tmp_path / "w.pt")
     lr = data_root / "benchmark" / "Set5" / "LR_bicubic" / "X2"
@@ -162,7 +159,7 @@ def test_upscale_writes_every_good_file_and_counts_the_bad_ones(tmp_path, data_r
         Image.open(lr / f"{name[2:]}x2.png").save(inputs / f"{name}.png")
     (inputs / "b_broken.png").write_bytes(b"\x89PNG\r\n\x1a\n garbage")
     proc = subprocess.run(
-        [sys.executable, "-m", "sr_lightning.upscale", str(inputs), "--weights",
+        [sys.executable, "-m", "sr_lightning.cli.upscale", str(inputs), "--weights",
          str(tmp_path / "w.pt"), "--res-scale", "1", "--out", str(tmp_path / "out")],
         capture_output=True, text=True, timeout=120,
     )  # fmt: skip

@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from sr_lightning.report import Report, build_report, main
+from sr_lightning.analysis.report import Report, build_report
+from sr_lightning.cli.report import main
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 GRID = [("batch", "1.0"), ("batch", "0.1"), ("none", "1.0"), ("none", "0.1")]
@@ -184,7 +185,7 @@ def test_plots(sweep):
 
 
 def test_history_drops_non_finite_points(sweep):
-    from sr_lightning.report import read_job
+    from sr_lightning.runs.job import read_job
 
     job = read_job(sweep / str(DIVERGED))
     assert job.curve("val/psnr") == [(5, pytest.approx(30.123456))]

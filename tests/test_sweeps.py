@@ -9,10 +9,10 @@ import sys
 from pathlib import Path
 
 import pytest
+from helpers import REPO
 
-from sr_lightning.report import main as report_main
+from sr_lightning.cli.report import main as report_main
 
-REPO = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.slow
 
 
@@ -114,7 +114,7 @@ def test_seeds_give_means_with_cis_and_paired_ablation_verdicts(tmp_path, cache)
 
     from scipy import stats
 
-    from sr_lightning.report import build_report
+    from sr_lightning.analysis.report import build_report
 
     sweep = tmp_path / "sweep"
     multirun(sweep, cache, "experiment=smoke", "model.net.norm=batch,none", "+seeds=two")

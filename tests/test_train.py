@@ -4,66 +4,12 @@ from __future__ import annotations
 
 import csv
 import json
-import os
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 import torch
-
-REPO = Path(__file__).resolve().parents[1]
+from helpers import ckpt_step, score, tiny_args, train
 
 pytestmark = pytest.mark.slow
-
-
-# a 1x8 EDSR, 12 px patches, 2 per batch, 3 updates an epoch: seconds on any CPU
-TINY = [
-    "model.net.n_resblocks=1",
-    "model.net.n_feats=8",
-    "data.patch_size=12",
-    "data.batch_size=2",
-    "data.num_workers=0",
-    "data.updates_per_epoch=3",
-]
-
-
-def tiny_args(cache_dir: Path) -> list[str]:
-    return [
-        "experiment=quickstart",
-        *TINY,
-        "trainer.max_epochs=2",
-        "trainer.log_every_n_steps=1",
-        "callbacks.step_checkpoint.every_n_train_steps=2",
-        "~callbacks.progress_bar",
-        f"data.cache_dir={cache_dir}",
-    ]
-
-
-def train(args: list[str], env: dict | None = None, timeout: int = 300, check: bool = True):
-    full_env = {**os.environ, "WANDB_MODE": "disabled", **(env or {})}
-    full_env = {k: v for k, v in full_env.items() if v is not None}  # None: unset
-    proc = subprocess.run(
-        [sys.executable, str(REPO / "train.py"), *args],
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        env=full_env,
-        cwd=REPO,
-    )
-    if check:
-        assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
-    return proc
-
-
-@pytest.fixture(scope="module")
-def sample_cache(tmp_path_factory) -> Path:
-    pytest.importorskip("skimage", reason="data=sample needs scikit-image (the [sample] extra)")
-    return tmp_path_factory.mktemp("cache")
-
-
-def ckpt_step(path: Path) -> int:
-    return torch.load(path, map_location="cpu", weights_only=True)["global_step"]
 
 
 def test_train_end_to_end_writes_results_and_checkpoints(tmp_path, sample_cache):
@@ -137,10 +83,9 @@ def test_ddp_cpu_single_run_scores_each_image_once(tmp_path, sample_cache):
     the DDP numbers equal a single-process evaluation of the same checkpoint."""
     from PIL import Image
 
-    from sr_lightning.checkpoint import load_weights
     from sr_lightning.data.sample import sample_dir
-    from sr_lightning.evaluate import evaluate
     from sr_lightning.models import EDSR
+    from sr_lightning.models.checkpoint import load_weights
 
     three = tmp_path / "three"
     three.mkdir()
@@ -156,7 +101,7 @@ def test_ddp_cpu_single_run_scores_each_image_once(tmp_path, sample_cache):
     assert ddp["n_images"] == 3
     best = next((run / "checkpoints").glob("best-*.ckpt"))
     net = load_weights(EDSR(scale=2, n_resblocks=1, n_feats=8), best)
-    single = evaluate(net, tmp_path, [str(three)], [2], model_name="m", cache_dir=sample_cache)
+    single = score(net, tmp_path, [str(three)], [2], model_name="m", cache_dir=sample_cache)
     assert ddp["psnr"] == pytest.approx(single[0]["psnr"], abs=1e-3)
     assert ddp["ssim"] == pytest.approx(single[0]["ssim"], abs=1e-4)
 
@@ -208,7 +153,7 @@ def test_bf16_mixed_runs_on_cpu(tmp_path, sample_cache):
 def test_wandb_offline_without_network_and_a_resume_continues_its_run(tmp_path, sample_cache):
     """No key, no network: W&B logs offline, and the run's last lines name the folder and the
     ``wandb sync`` command. The resumed run (same folder) continues the same W&B run id."""
-    from sr_lightning.loggers import run_id
+    from sr_lightning.training.loggers import run_id
 
     run = tmp_path / "run"
     env = {"HOME": str(tmp_path), "WANDB_MODE": None, "WANDB_API_KEY": None}
@@ -306,8 +251,7 @@ def test_ema_checkpoints_hold_both_weights_resume_exactly_and_are_what_eval_scor
     """optim.ema_decay: the checkpoint's state_dict is the EMA of the weights (validated,
     tested, loaded by eval.py/sr-upscale), current_model_state the raw weights; a run resumed
     half-way ends with both equal to the uninterrupted run's."""
-    from sr_lightning.checkpoint import load_network
-    from sr_lightning.evaluate import evaluate
+    from sr_lightning.models.checkpoint import load_network
 
     ema = ["optim.ema_decay=0.5"]
     whole, half = tmp_path / "whole", tmp_path / "half"
@@ -333,7 +277,7 @@ def test_ema_checkpoints_hold_both_weights_resume_exactly_and_are_what_eval_scor
     (row,) = [
         r for r in json.loads((whole / "results.json").read_text()) if r["model"] != "bicubic"
     ]
-    (again,) = evaluate(net, tmp_path, ["sample"], [2], model_name="m", cache_dir=sample_cache)
+    (again,) = score(net, tmp_path, ["sample"], [2], model_name="m", cache_dir=sample_cache)
     assert again["psnr"] == pytest.approx(row["psnr"], abs=1e-4)
 
 

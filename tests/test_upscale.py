@@ -12,11 +12,11 @@ import pytest
 import torch
 from PIL import Image
 
-from sr_lightning.checkpoint import load_network, load_state_dict
+from sr_lightning.cli.upscale import main
+from sr_lightning.core.metrics import quantize
 from sr_lightning.data.io import load_image
-from sr_lightning.metrics import quantize
 from sr_lightning.models import EDSR, MDSR
-from sr_lightning.upscale import main
+from sr_lightning.models.checkpoint import load_network, load_state_dict
 
 
 def tiny_trained_edsr(data_root: Path, path: Path) -> EDSR:
@@ -135,7 +135,7 @@ def test_memory_stays_bounded_for_a_2k_input_at_x4(tmp_path):
         tmp_path / "big.png"
     )
     code = (
-        "import resource, sys; from sr_lightning.upscale import main; "
+        "import resource, sys; from sr_lightning.cli.upscale import main; "
         f"rc = main(['{tmp_path / 'big.png'}', '--weights', '{tmp_path / 'w.pt'}', "
         f"'--tile', '128', '--out', '{tmp_path / 'out'}']); "
         "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss); sys.exit(rc)"

@@ -20,7 +20,8 @@ import torch.distributed as dist
 from lightning.pytorch.trainer.states import TrainerFn
 from torch.utils.data import DataLoader, DistributedSampler
 
-from .datasets import (
+from sr_lightning.core.inference import default_device
+from sr_lightning.data.datasets import (
     DIV2K_VAL,
     PROTOCOLS,
     EvalDataset,
@@ -31,10 +32,10 @@ from .datasets import (
     eval_dataset,
     resolve_pairs,
 )
-from .degradation import check_degradation
-from .device_patches import DevicePatchBatches
-from .io import ImageError
-from .patches import PatchBatches
+from sr_lightning.data.degradation import check_degradation
+from sr_lightning.data.device_patches import DevicePatchBatches
+from sr_lightning.data.io import ImageError
+from sr_lightning.data.patches import PatchBatches
 
 log = logging.getLogger(__name__)
 
@@ -298,7 +299,7 @@ class SRDataModule(L.LightningDataModule):
                 device = (
                     self.trainer.strategy.root_device
                     if self.trainer is not None
-                    else torch.device("cuda" if torch.cuda.is_available() else "cpu")
+                    else torch.device(default_device())
                 )
                 self.device_batches = DevicePatchBatches(self.train_data, device)
             return DataLoader(self.device_batches, batch_size=None, num_workers=0)
@@ -307,7 +308,7 @@ class SRDataModule(L.LightningDataModule):
             self.train_data,
             batch_size=None,  # the dataset yields whole single-scale batches
             num_workers=workers,
-            pin_memory=self.pin_memory and torch.cuda.is_available(),
+            pin_memory=self.pin_memory and default_device() == "cuda",
             prefetch_factor=4 if workers > 0 else None,
             worker_init_fn=partial(finish_step_on_sigterm, parent_exit_flag()),
         )

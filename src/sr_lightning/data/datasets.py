@@ -23,10 +23,10 @@ from pathlib import Path
 import torch
 from torch.utils.data import Dataset
 
-from ..protocol import Protocol
-from .cache import cached_uint8
-from .degradation import check_degradation, degrade
-from .io import ImageError, list_images, load_image
+from sr_lightning.core.protocol import Protocol
+from sr_lightning.data.cache import cached_uint8
+from sr_lightning.data.degradation import check_degradation, degrade
+from sr_lightning.data.io import ImageError, list_images, load_image
 
 BENCHMARKS = ("Set5", "Set14", "B100", "Urban100")
 DIV2K_VAL = "DIV2K"
@@ -63,7 +63,7 @@ def benchmark_pairs(root: str | Path, name: str, scale: int) -> list[Pair]:
         raise FileNotFoundError(
             f"benchmark {name} not found: expected images in {hr_dir}/ "
             f"(and optionally {set_dir}/LR_bicubic/X{scale}/<stem>x{scale}.png). "
-            f"Get it with `python -m sr_lightning.data.download benchmark --root {root}`, "
+            f"Get it with `sr-download benchmark --root {root}`, "
             "or set data.root to a folder with this layout."
         )
     lr_dir = set_dir / "LR_bicubic" / f"X{scale}"
@@ -92,7 +92,7 @@ def div2k_pairs(root: str | Path, scale: int, first: int, last: int) -> list[Pai
         else:
             raise FileNotFoundError(
                 f"DIV2K image {i:04d} not found in {base}/DIV2K_train_HR/ or DIV2K_valid_HR/. "
-                f"Get DIV2K with `python -m sr_lightning.data.download div2k --root {root}`."
+                f"Get DIV2K with `sr-download div2k --root {root}`."
             )
     return pairs
 
@@ -209,6 +209,13 @@ class EvalDataset(Dataset):
         }
 
 
+def folder_under(root: str | Path, name: str) -> Path:
+    """A folder data set (``data.train_set`` / ``data.val_sets``): an absolute path as it is,
+    a relative one under ``data.root`` (not the working directory)."""
+    path = Path(name).expanduser()
+    return path if path.is_absolute() else Path(root).expanduser() / path
+
+
 def resolve_pairs(
     root: str | Path,
     name: str,
@@ -224,11 +231,11 @@ def resolve_pairs(
     if name == DIV2K_VAL:
         pairs = div2k_pairs(root, scale, *div2k_range)
     elif name == SAMPLE:
-        from .sample import sample_dir
+        from sr_lightning.data.sample import sample_dir
 
         pairs = folder_pairs(sample_dir(cache_dir) / split)
-    elif "/" in name or Path(name).expanduser().is_dir():
-        pairs = folder_pairs(name)
+    elif "/" in name or folder_under(root, name).is_dir():
+        pairs = folder_pairs(folder_under(root, name))
     else:
         pairs = benchmark_pairs(root, name, scale)
     return degraded(pairs, degradation)

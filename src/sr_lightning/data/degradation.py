@@ -16,8 +16,8 @@ import numpy as np
 import torch
 from kornia.filters import filter2d_separable, gaussian_blur2d, get_gaussian_kernel1d
 
-from ..protocol import DEGRADATIONS
-from ..resize import imresize
+from sr_lightning.core.protocol import DEGRADATIONS
+from sr_lightning.core.resize import imresize
 
 BD_SIGMA = 1.6
 DN_LEVEL = 30.0  # standard deviation on the 0-255 scale

@@ -15,8 +15,8 @@ from collections.abc import Iterator, Sequence
 import torch
 from torch.utils.data import IterableDataset
 
-from ..inference import dihedral
-from .patches import BatchPlan, PatchBatches
+from sr_lightning.core.inference import dihedral
+from sr_lightning.data.patches import BatchPlan, PatchBatches
 
 
 class PackedImages:
@@ -52,7 +52,7 @@ class PackedImages:
 
 def dihedral_reads(patch: int, device: torch.device) -> torch.Tensor:
     """(8, 2, P, P): where output pixel (u, v) of ``dihedral(crop, t)`` reads in the crop
-    (row, column): :func:`~sr_lightning.inference.dihedral` applied to coordinate grids, so
+    (row, column): :func:`~sr_lightning.core.inference.dihedral` applied to coordinate grids, so
     both pipelines share one definition of the 8 transforms."""
     rows = torch.arange(patch).view(patch, 1).expand(patch, patch)
     grid = torch.stack([rows, rows.t()])  # (2, P, P): the row and the column of each pixel

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 import torch
 from torch.utils.data import IterableDataset, get_worker_info
 
-from ..inference import dihedral
+from sr_lightning.core.inference import dihedral
 
 
 def derive_seed(*parts: int) -> int:

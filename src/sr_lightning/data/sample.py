@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .cache import DEFAULT_CACHE_DIR
+from sr_lightning.data.cache import DEFAULT_CACHE_DIR
 
 SAMPLE_TRAIN = (
     "chelsea", "immunohistochemistry", "motorcycle_left", "motorcycle_right",  # colour photos

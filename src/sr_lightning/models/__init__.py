@@ -1,10 +1,17 @@
 """The networks: EDSR, MDSR and the bicubic baseline (paper Sec. 3), and their catalogue."""
 
-from .bicubic import Bicubic
-from .blocks import MeanShift, ResBlock, Upsampler, count_trainable
-from .catalogue import PRESETS, build_from_record, build_net, describe, record
-from .edsr import EDSR
-from .mdsr import MDSR
+from sr_lightning.models.bicubic import Bicubic
+from sr_lightning.models.blocks import MeanShift, ResBlock, Upsampler, count_trainable
+from sr_lightning.models.catalogue import (
+    PRESETS,
+    build_from_record,
+    build_net,
+    check_scales,
+    describe,
+    record,
+)
+from sr_lightning.models.edsr import EDSR
+from sr_lightning.models.mdsr import MDSR
 
 __all__ = [
     "EDSR",
@@ -16,6 +23,7 @@ __all__ = [
     "Upsampler",
     "build_from_record",
     "build_net",
+    "check_scales",
     "count_trainable",
     "describe",
     "record",

@@ -7,8 +7,8 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from ..resize import imresize
-from .blocks import check_rgb, check_scale
+from sr_lightning.core.resize import imresize
+from sr_lightning.models.blocks import check_rgb, check_scale
 
 
 class Bicubic(nn.Module):

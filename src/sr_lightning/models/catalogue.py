@@ -14,13 +14,11 @@ from typing import Any
 
 from torch import nn
 
-from .bicubic import Bicubic
-from .blocks import SCALES_EDSR
-from .edsr import EDSR
-from .mdsr import MDSR, SCALES_MDSR
+from sr_lightning.models.bicubic import Bicubic
+from sr_lightning.models.edsr import EDSR
+from sr_lightning.models.mdsr import MDSR
 
 ARCHS: dict[str, type[nn.Module]] = {"EDSR": EDSR, "MDSR": MDSR, "Bicubic": Bicubic}
-SUPPORTED_SCALES = {"EDSR": SCALES_EDSR, "MDSR": SCALES_MDSR, "Bicubic": SCALES_EDSR}
 
 
 @dataclass(frozen=True)
@@ -108,6 +106,16 @@ def build_from_record(rec: dict[str, Any]) -> nn.Module:
             )
         return EDSR(scales[0], **rec)
     return MDSR(scales, **rec)
+
+
+def check_scales(net: nn.Module, scales: Sequence[int]) -> None:
+    """Fail early, naming the keys, when ``net`` lacks a requested scale."""
+    missing = [s for s in scales if s not in getattr(net, "scales", ())]
+    if missing:
+        raise ValueError(
+            f"data.scales={list(scales)}: the model supports only x{list(net.scales)} "
+            f"(missing {missing}); set model.net.scales / data.scales accordingly"
+        )
 
 
 def matching_preset(arch: str, n_resblocks: int, n_feats: int) -> str | None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .blocks import MeanShift, ResBlock, Upsampler, check_norm, check_rgb, conv
+from sr_lightning.models.blocks import MeanShift, ResBlock, Upsampler, check_norm, check_rgb, conv
 
 
 class EDSR(nn.Module):

@@ -7,7 +7,15 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from .blocks import MeanShift, ResBlock, Upsampler, check_norm, check_rgb, check_scale, conv
+from sr_lightning.models.blocks import (
+    MeanShift,
+    ResBlock,
+    Upsampler,
+    check_norm,
+    check_rgb,
+    check_scale,
+    conv,
+)
 
 SCALES_MDSR = (2, 3, 4)
 

@@ -1,0 +1,142 @@
+"""The run folder: every file a run (or a sweep job) leaves, named here once.
+
+::
+
+    <run>/.hydra/overrides.yaml     the run's command-line overrides (Hydra)
+    <run>/train.log                 its log lines (Hydra's job logging)
+    <run>/checkpoints/config.yaml   the resolved config it trained with
+    <run>/checkpoints/best-step<N>-psnr<P>.ckpt, last.ckpt, step<N>.ckpt, preempted.ckpt
+    <run>/summary.json              status, steps, best/final metrics, throughput
+    <run>/history.csv               step,key,value (validation metrics, loss, minutes)
+    <run>/results.json, per_image.csv   the test of the best checkpoint (and eval.py's)
+    <run>/samples/<set>_x<s>_<image>_step<N>.png, curves.png   what a researcher looks at
+
+Writers are atomic (:mod:`.records`); the finders (best, newest, recorded config) and the
+reader of a whole job (:mod:`.job`) are the only code that looks inside a folder.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from sr_lightning.runs.records import write_atomically
+
+CHECKPOINTS = "checkpoints"
+BEST_PREFIX = "best-"
+# ModelCheckpoint file name patterns (conf/callbacks reads them through ${sr_run:...})
+BEST_FILENAME = BEST_PREFIX + "step{step:07d}-psnr{val/psnr:.3f}"
+STEP_FILENAME = "step{step:07d}"
+PREEMPTED = "preempted.ckpt"
+RECORDED_CONFIG = "config.yaml"  # in checkpoints/
+OVERRIDES = ".hydra/overrides.yaml"
+SUMMARY = "summary.json"
+HISTORY = "history.csv"
+RESULTS = "results.json"
+PER_IMAGE = "per_image.csv"
+SAMPLES = "samples"
+CURVES = "curves.png"
+LOG = "train.log"
+
+# the names conf/ may read (${sr_run:<name>})
+NAMES = {
+    "checkpoints": CHECKPOINTS,
+    "best_filename": BEST_FILENAME,
+    "step_filename": STEP_FILENAME,
+}
+FINISHED = ("completed", "diverged")  # a sweep run again does not train these jobs twice
+
+
+@dataclass(frozen=True)
+class RunFolder:
+    """The folder of one run: its file paths, finders and atomic writers."""
+
+    path: Path
+
+    def __init__(self, path: str | Path):
+        object.__setattr__(self, "path", Path(path).expanduser())
+
+    # ---- paths --------------------------------------------------------------------------
+    @property
+    def checkpoints(self) -> Path:
+        return self.path / CHECKPOINTS
+
+    @property
+    def recorded_config(self) -> Path:
+        return self.checkpoints / RECORDED_CONFIG
+
+    @property
+    def preempted(self) -> Path:
+        return self.checkpoints / PREEMPTED
+
+    @property
+    def overrides(self) -> Path:
+        return self.path / OVERRIDES
+
+    @property
+    def summary(self) -> Path:
+        return self.path / SUMMARY
+
+    @property
+    def history(self) -> Path:
+        return self.path / HISTORY
+
+    @property
+    def results(self) -> Path:
+        return self.path / RESULTS
+
+    @property
+    def per_image(self) -> Path:
+        return self.path / PER_IMAGE
+
+    @property
+    def samples(self) -> Path:
+        return self.path / SAMPLES
+
+    @property
+    def curves(self) -> Path:
+        return self.path / CURVES
+
+    def sample(self, dataset: str, scale: int, image: str, step: int) -> Path:
+        """``samples/<set>_x<s>_<image>_step<N>.png``."""
+        return self.samples / f"{dataset}_x{scale}_{image}_step{step}.png"
+
+    # ---- finders ------------------------------------------------------------------------
+    def checkpoint_files(self) -> list[Path]:
+        """Every ``*.ckpt`` in ``checkpoints/``, oldest first (by modification time)."""
+        if not self.checkpoints.is_dir():
+            return []
+        return sorted(self.checkpoints.glob("*.ckpt"), key=lambda p: p.stat().st_mtime)
+
+    def newest_checkpoint(self) -> Path | None:
+        """What ``ckpt_path=last`` resumes from: the newest of ``last.ckpt``, ``step*.ckpt``
+        and ``preempted.ckpt``."""
+        found = self.checkpoint_files()
+        return found[-1] if found else None
+
+    def best_checkpoint(self) -> Path | None:
+        """The best validation checkpoint (``best-*.ckpt``; the newest name if several)."""
+        found = sorted(self.checkpoints.glob(f"{BEST_PREFIX}*.ckpt"))
+        return found[-1] if found else None
+
+    def read_summary(self) -> dict[str, Any] | None:
+        """``summary.json``, or None when missing or unreadable (a run that crashed first)."""
+        try:
+            summary = json.loads(self.summary.read_text())
+        except (OSError, ValueError):
+            return None
+        return summary if isinstance(summary, dict) else None
+
+    def finished(self) -> dict[str, Any] | None:
+        """The summary of a run that completed or diverged (else None)."""
+        summary = self.read_summary()
+        return summary if summary and summary.get("status") in FINISHED else None
+
+    # ---- writers (atomic; a full disk warns and returns False) -------------------------
+    def write_config(self, text: str) -> bool:
+        return write_atomically(self.recorded_config, text)
+
+    def write_summary(self, summary: dict[str, Any]) -> bool:
+        return write_atomically(self.summary, json.dumps(summary, indent=2, allow_nan=True) + "\n")

@@ -1,0 +1,112 @@
+"""The one reader of a finished (or failed) job folder: its overrides, summary, metric history
+and per-image results. The sweep report, the seed statistics, ``sr-compare``, the resume and
+sweep-skip rules all read run folders through :func:`read_job` / :func:`read_sweep`."""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from sr_lightning.core.protocol import Protocol
+from sr_lightning.runs.folder import RunFolder
+from sr_lightning.runs.history import Row, read_history
+from sr_lightning.runs.results import read_per_image
+
+# val/Set5/x2/psnr, and with the protocol where jobs differ: val/Set5/x2/psnr [RGB, border 8, ...]
+PSNR_KEY = re.compile(r"^val/([^/]+)/x(\d+)/psnr(?: \[(.+)\])?$")
+
+
+@dataclass
+class Job:
+    """One job folder of a multirun (or one run folder)."""
+
+    folder: RunFolder
+    overrides: dict[str, str]
+    summary: dict[str, Any]
+    history: list[Row] = field(default_factory=list)
+
+    @property
+    def name(self) -> str:
+        return self.folder.path.name
+
+    @property
+    def status(self) -> str:
+        return str(self.summary.get("status") or "failed")
+
+    @property
+    def error(self) -> str | None:
+        return self.summary.get("error")
+
+    @property
+    def best(self) -> dict[str, Any]:
+        best = self.summary.get("best")
+        return best if isinstance(best, dict) else {}
+
+    def protocol(self, key: str) -> str | None:
+        """The protocol label of metric ``val/<Set>/x<s>/...`` (None: not recorded)."""
+        m = PSNR_KEY.match(key)
+        found = (self.summary.get("protocols") or {}).get(f"{m[1]}/x{m[2]}") if m else None
+        return Protocol.from_dict(found).label if found else None
+
+    def curve(self, key: str = "val/psnr") -> list[tuple[int, float]]:
+        """``(step, value)`` of ``key`` from ``history.csv``, non-finite values dropped."""
+        return [(s, v) for s, k, v in self.history if k == key and math.isfinite(v)]
+
+    def per_image(self) -> dict[tuple[str, int, str], float]:
+        """(set, scale, image) -> test PSNR of the job's network; empty without results."""
+        if not self.folder.per_image.is_file():
+            return {}
+        rows = read_per_image(self.folder.path)
+        return {(r["dataset"], int(r["scale"]), r["image"]): float(r["psnr"]) for r in rows}
+
+
+def read_overrides(folder: RunFolder) -> dict[str, str]:
+    """``key -> value`` of the run's command-line overrides (``+`` dropped)."""
+    try:
+        items = yaml.safe_load(folder.overrides.read_text()) if folder.overrides.is_file() else []
+    except yaml.YAMLError:
+        items = []
+    overrides = {}
+    for item in items if isinstance(items, list) else []:
+        key, sep, value = str(item).partition("=")
+        if sep:
+            overrides[key.lstrip("+")] = value
+    return overrides
+
+
+def read_job(path: str | Path) -> Job:
+    """A job (or run) folder; without a readable ``summary.json`` it is ``failed`` (it
+    crashed before writing one)."""
+    folder = RunFolder(path)
+    summary = folder.read_summary()
+    if summary is None:
+        why = "no summary.json" if not folder.summary.is_file() else "unreadable summary.json"
+        summary = {"status": "failed", "error": why}
+    return Job(folder, read_overrides(folder), summary, read_history(folder.history))
+
+
+def job_folders(sweep_dir: str | Path) -> list[Path]:
+    """The job folders (``0``, ``1``, ...) of a multirun, by job number."""
+    return sorted(
+        (p for p in Path(sweep_dir).iterdir() if p.is_dir() and p.name.isdigit()),
+        key=lambda p: int(p.name),
+    )
+
+
+def read_sweep(sweep_dir: str | Path) -> list[Job]:
+    """All jobs of a multirun, by job number; or the one run of a run folder."""
+    sweep_dir = Path(sweep_dir)
+    folders = job_folders(sweep_dir)
+    if not folders and RunFolder(sweep_dir).summary.is_file():
+        return [read_job(sweep_dir)]
+    if not folders:
+        raise FileNotFoundError(
+            f"no job folders (0, 1, ...) and no summary.json in {sweep_dir}: is it a multirun "
+            "or a run folder?"
+        )
+    return [read_job(p) for p in folders]
