@@ -14,8 +14,12 @@ install:
 	$(PY) -m pip install "$(TORCH)"
 	$(PY) -m pip install -e ".[dev,sample,sweep,export]"
 
+# the full suite (what CI and the README run); the fast first tier: in-process tests only
 test:
 	$(PY) -m pytest -q
+
+test-fast:
+	$(PY) -m pytest -q -m "not slow"
 
 lint:
 	$(PY) -m ruff check src tests bench train.py eval.py

@@ -45,14 +45,14 @@ $PY -c "import torch, lightning; print('torch', torch.__version__, 'lightning', 
 summarize() {  # run folder, name: one line for BENCHMARKS.md
   $PY - "$1" "$2" <<'PYEOF'
 import csv, json, statistics, sys
-from pathlib import Path
-run, name = Path(sys.argv[1]), sys.argv[2]
+from sr_lightning.runs.folder import RunFolder
+run, name = RunFolder(sys.argv[1]), sys.argv[2]
 try:
-    rows = list(csv.DictReader(open(run / "csv" / "metrics.csv")))
+    rows = list(csv.DictReader(open(run.path / "csv" / "metrics.csv")))  # logger=csv's file
     ips = [float(r["train/images_per_sec"]) for r in rows if r.get("train/images_per_sec")]
-    summary = json.loads((run / "summary.json").read_text())
+    summary = run.read_summary() or {}
     speed = summary.get("throughput") or {}
-    results = json.loads((run / "results.json").read_text())
+    results = json.loads(run.results.read_text())
     ours = next(r for r in results if r["model"] != "bicubic")
     bic = next(r for r in results if r["model"] == "bicubic")
     mfu = (
@@ -66,7 +66,7 @@ try:
           f"status {summary['status']}")
 except (OSError, KeyError, StopIteration, ValueError, statistics.StatisticsError) as e:
     print(f"- 2-minute EDSR-baseline x2 training, {name}: no result ({type(e).__name__}: {e}; "
-          f"see {run}.log)")
+          f"see {run.path}.log)")
 PYEOF
 }
 

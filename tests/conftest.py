@@ -7,7 +7,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from helpers import SHARED_DATA
+from helpers import SHARED_DATA, compose_with_hydra, task_config, tiny_args
+from omegaconf import DictConfig
 
 
 @pytest.fixture(scope="session")
@@ -29,3 +30,16 @@ def sample_cache(tmp_path_factory) -> Path:
     """A cache for ``data=sample`` (scikit-image's photos), shared by the session."""
     pytest.importorskip("skimage", reason="data=sample needs scikit-image (the [sample] extra)")
     return tmp_path_factory.mktemp("sample_cache")
+
+
+@pytest.fixture(scope="session")
+def cfg_train_global(tmp_path_factory) -> DictConfig:
+    """``train.py experiment=quickstart`` shrunk to a 1x8 EDSR (helpers.tiny_args), composed
+    once per session as lightning-hydra-template's conftest does; tests take a copy."""
+    return compose_with_hydra("train", tiny_args(tmp_path_factory.mktemp("quickstart_cache")))
+
+
+@pytest.fixture
+def cfg_train(cfg_train_global, tmp_path) -> DictConfig:
+    """A copy of the session's tiny train config whose run folder is ``tmp_path/run``."""
+    return task_config(cfg_train_global, tmp_path / "run")

@@ -9,6 +9,7 @@ signal, a launcher or an exit code is the point).
 from __future__ import annotations
 
 import contextlib
+import copy
 import json
 import os
 import subprocess
@@ -100,14 +101,26 @@ def compose_config(
 ) -> DictConfig:
     """``conf/<name>.yaml`` with ``overrides``, as the script would see it, with the Hydra
     config set (``${hydra:...}`` resolves) and the run folder at ``output_dir``."""
+    return task_config(compose_with_hydra(name, overrides), output_dir)
+
+
+def compose_with_hydra(name: str, overrides: Sequence[str] = ()) -> DictConfig:
+    """The composed config with its ``hydra`` node (what :func:`task_config` takes)."""
     with hydra_conf():
-        cfg = compose(name, overrides=list(overrides), return_hydra_config=True)
+        return compose(name, overrides=list(overrides), return_hydra_config=True)
+
+
+def task_config(full: DictConfig, output_dir: Path | None = None) -> DictConfig:
+    """What ``@hydra.main`` hands the task: a copy of ``full`` without its ``hydra`` node, the
+    Hydra config set (so ``${hydra:runtime.output_dir}`` resolves), the run folder at
+    ``output_dir``."""
+    cfg = copy.deepcopy(full)
     if output_dir is not None:
         with open_dict(cfg):
             cfg.hydra.runtime.output_dir = str(output_dir)
             cfg.paths.output_dir = str(output_dir)
     HydraConfig.instance().set_config(cfg)
-    with open_dict(cfg):  # the task sees no hydra node, as under @hydra.main
+    with open_dict(cfg):
         del cfg["hydra"]
     return cfg
 
@@ -116,17 +129,25 @@ def run_train_in_process(overrides: Sequence[str], run_dir: Path) -> dict:
     """``train.py OVERRIDES hydra.run.dir=RUN_DIR``, in this process (W&B disabled)."""
     from sr_lightning.cli.train import run_train
 
-    with env_vars(WANDB_MODE="disabled"):
-        cfg = compose_config("train", overrides, output_dir=run_dir)
-        return run_train(cfg)
+    with env_vars(WANDB_MODE="disabled"), hydra_config_cleared():
+        return run_train(compose_config("train", overrides, output_dir=run_dir))
 
 
 def run_eval_in_process(overrides: Sequence[str], out_dir: Path) -> list[dict]:
     """``eval.py OVERRIDES``, in this process; results under ``out_dir``."""
     from sr_lightning.cli.eval import run_eval
 
-    cfg = compose_config("eval", overrides, output_dir=out_dir)
-    return run_eval(cfg)
+    with hydra_config_cleared():
+        return run_eval(compose_config("eval", overrides, output_dir=out_dir))
+
+
+@contextlib.contextmanager
+def hydra_config_cleared() -> Iterator[None]:
+    """No run's Hydra config outlives it (the config rules read ``HydraConfig``)."""
+    try:
+        yield
+    finally:
+        HydraConfig.instance().cfg = None
 
 
 @contextlib.contextmanager

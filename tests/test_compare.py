@@ -7,27 +7,33 @@ import math
 from pathlib import Path
 
 import pytest
-from helpers import tiny_args, train
+from helpers import run_train_in_process, tiny_args, write_job
 from scipy import stats
 
 from sr_lightning.cli.compare import main
+from sr_lightning.runs.folder import RunFolder
+
+SET5 = ["baby", "bird", "butterfly", "head", "woman"]
 
 
 def per_image(run: Path) -> dict[str, float]:
-    with open(run / "per_image.csv", newline="") as f:
+    """image -> PSNR of the run's network, read by hand from its per-image CSV."""
+    with open(RunFolder(run).per_image, newline="") as f:
         return {r["image"]: float(r["psnr"]) for r in csv.DictReader(f) if r["model"] != "bicubic"}
 
 
 @pytest.fixture(scope="module")
-def two_seeds(tmp_path_factory, data_root) -> tuple[Path, Path]:
+def two_seeds(tmp_path_factory, data_root, cache_dir) -> tuple[Path, Path]:
+    """Two real tiny runs, one epoch each (the later trainer.max_epochs wins), in process:
+    no launcher is under test here."""
     root = tmp_path_factory.mktemp("seeds")
-    cache = tmp_path_factory.mktemp("cache")
     runs = []
     for seed in (0, 1):
         run = root / f"seed{seed}"
-        train(
-            [*tiny_args(cache), f"hydra.run.dir={run}", f"seed={seed}", f"data.root={data_root}",
-             "data.benchmarks=[Set5]"]
+        run_train_in_process(
+            [*tiny_args(cache_dir), "trainer.max_epochs=1", f"seed={seed}",
+             f"data.root={data_root}", "data.benchmarks=[Set5]"],
+            run,
         )  # fmt: skip
         runs.append(run)
     return runs[0], runs[1]
@@ -38,7 +44,7 @@ def test_compare_two_seeds_with_a_paired_ci_checked_by_hand(two_seeds, tmp_path,
     a, b = two_seeds
     assert main([str(a), str(b), "--out", str(tmp_path)]) == 0
     pa, pb = per_image(a), per_image(b)
-    assert sorted(pa) == sorted(pb) == ["baby", "bird", "butterfly", "head", "woman"]
+    assert sorted(pa) == sorted(pb) == SET5
     diffs = [pb[i] - pa[i] for i in sorted(pa)]
     mean = sum(diffs) / 5
     sd = math.sqrt(sum((d - mean) ** 2 for d in diffs) / 4)
@@ -62,24 +68,29 @@ def test_compare_two_seeds_with_a_paired_ci_checked_by_hand(two_seeds, tmp_path,
     assert "Set5" in capsys.readouterr().out
 
 
-@pytest.mark.slow
-def test_compare_refuses_other_images_or_protocols(two_seeds, tmp_path, capsys):
-    a, b = two_seeds
-    with open(b / "per_image.csv", newline="") as f:
-        rows = list(csv.DictReader(f))
-    fewer = tmp_path / "fewer.csv"
-    other = tmp_path / "other.csv"
-    for path, keep, protocol in ((fewer, lambda r: r["image"] != "bird", None),
-                                 (other, lambda r: True, "RGB, border 8, LR file")):  # fmt: skip
-        with open(path, "w", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=list(rows[0]))
-            writer.writeheader()
-            writer.writerows(
-                {**r, **({"protocol": protocol} if protocol else {})} for r in rows if keep(r)
-            )
+def set5_rows(psnr: float, protocol: str = "Y, border 2, LR file") -> list[dict]:
+    """Per-image rows of a network and of bicubic on Set5 x2 (the per_image.csv format)."""
+    return [
+        {"dataset": "Set5", "scale": 2, "image": image, "model": model, "psnr": value,
+         "ssim": 0.9, "protocol": protocol, "hr_path": f"{image}_HR.png",
+         "lr_path": f"{image}_LR.png"}
+        for i, image in enumerate(SET5)
+        for model, value in (("edsr 1x8", psnr + i / 10), ("bicubic", 30.0))
+    ]  # fmt: skip
+
+
+def test_compare_refuses_other_images_or_protocols(tmp_path, capsys):
+    a = write_job(tmp_path / "a", per_image=set5_rows(31.0)).path
+    fewer = write_job(
+        tmp_path / "fewer", per_image=[r for r in set5_rows(31.5) if r["image"] != "bird"]
+    ).path
+    other = write_job(tmp_path / "other", per_image=set5_rows(31.5, "RGB, border 8, LR file"))
+    same = write_job(tmp_path / "same", per_image=set5_rows(31.5)).path
+    assert main([str(a), str(same), "--out", str(tmp_path / "out")]) == 0  # comparable
+    assert "| Set5 | x2 | Y, border 2, LR file | 5 |" in capsys.readouterr().out
     assert main([str(a), str(fewer)]) == 1
     assert "image lists differ (only in A: ['bird']" in capsys.readouterr().err
-    assert main([str(a), str(other)]) == 1
+    assert main([str(a), str(other.per_image)]) == 1  # a per-image CSV is a source too
     assert "scored under different protocols" in capsys.readouterr().err
 
 

@@ -72,6 +72,7 @@ def test_ddp_on_device_trains_on_the_worker_batches(tmp_path):
             # after-fork hook (seen once here); PatchBatches is the same code in or out of one
             "data.num_workers=0",
             f"data.on_device={str(on_device).lower()}",
+            "data.val_sets=[]",  # the training batches are the point: no validation
             "test_after_fit=false",
             "+callbacks.probe._target_=batch_digest.BatchDigests",
             f"+callbacks.probe.dirpath={probe}",

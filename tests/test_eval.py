@@ -8,7 +8,8 @@ import sys
 
 import pytest
 import torch
-from helpers import REPO, score
+from helpers import REPO, run_eval_in_process, score
+from PIL import Image
 
 from sr_lightning.data.datasets import benchmark_pairs, eval_dataset
 from sr_lightning.models import EDSR, Bicubic
@@ -59,26 +60,20 @@ def test_generated_lr_equals_shipped_and_is_cached(data_root, tmp_path):
     assert len(list(tmp_path.glob("*-lrx3-*.npy"))) == 5
 
 
-def test_eval_cli_writes_table_and_json(data_root, tmp_path):
+def test_eval_cli_writes_table_and_json(data_root, tmp_path, capsys):
     out = tmp_path / "bicubic.json"
-    proc = subprocess.run(
+    returned = run_eval_in_process(
         [
-            sys.executable,
-            str(REPO / "eval.py"),
             "model=bicubic",
             f"data.root={data_root}",
             "data.benchmarks=[Set5]",
             "data.scales=[2,4]",
             f"data.cache_dir={tmp_path / 'cache'}",
             f"results_path={out}",
-            f"hydra.run.dir={tmp_path / 'run'}",
         ],
-        capture_output=True,
-        text=True,
-        timeout=300,
+        tmp_path / "run",
     )
-    assert proc.returncode == 0, proc.stderr
-    assert "| Set5 | x2 | Y, border 2, LR file | 33.67 / 0.9303 |" in proc.stdout
+    assert "| Set5 | x2 | Y, border 2, LR file | 33.67 / 0.9303 |" in capsys.readouterr().out
     rows = json.loads(out.read_text())
     assert rows[0] == {
         "dataset": "Set5",
@@ -91,6 +86,36 @@ def test_eval_cli_writes_table_and_json(data_root, tmp_path):
         "protocol": {"channels": "y", "border": 2, "lr_source": "file", "degradation": "bicubic"},
     }
     assert [r["scale"] for r in rows] == [2, 4]
+    assert rows == json.loads(json.dumps(returned))  # the file holds the rows it returned
+
+
+# the script itself (argv check, @hydra.main, its logging) and the exit codes of a real process
+@pytest.mark.slow
+def test_eval_py_writes_results_and_exits_1_naming_a_corrupt_image(data_root, tmp_path):
+    def eval_py(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run(
+            [sys.executable, str(REPO / "eval.py"), "model=bicubic", f"data.root={data_root}",
+             "data.scales=[2]", f"data.cache_dir={tmp_path / 'cache'}", *args],
+            capture_output=True, text=True, timeout=300, cwd=REPO,
+        )  # fmt: skip
+
+    run = tmp_path / "run"
+    proc = eval_py("data.benchmarks=[Set5]", f"hydra.run.dir={run}")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "| Set5 | x2 | Y, border 2, LR file | 33.67 / 0.9303 |" in proc.stdout
+    (row,) = json.loads((run / "results.json").read_text())  # results_path's default
+    assert (row["dataset"], row["scale"], row["n_images"]) == ("Set5", 2, 5)
+    assert (run / "per_image.csv").is_file()
+
+    folder = tmp_path / "mine"
+    folder.mkdir()
+    Image.open(data_root / "benchmark" / "Set5" / "HR" / "bird.png").save(folder / "bird.png")
+    (folder / "corrupt.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"\x00" * 64)
+    proc = eval_py(f"data.benchmarks=[{folder}]", f"hydra.run.dir={tmp_path / 'bad'}")
+    said = proc.stdout + proc.stderr
+    assert proc.returncode == 1, said[-3000:]
+    assert f"{folder / 'corrupt.png'}: cannot decode image" in said and "Traceback" not in said
+    assert "| mine |" not in said and not (tmp_path / "bad" / "results.json").exists()
 
 
 def test_missing_data_set_says_where_and_how(tmp_path):
@@ -126,23 +151,17 @@ def test_eval_cli_with_an_authors_checkpoint_and_self_ensemble(data_root, tmp_pa
     net = EDSR(scale=4, n_resblocks=1, n_feats=8)
     torch.save(net.state_dict(), tmp_path / "edsr_tiny_x4.pt")  # authors' format
     out = tmp_path / "r.json"
-    proc = subprocess.run(
+    run_eval_in_process(
         [
-            sys.executable,
-            str(REPO / "eval.py"),
             f"ckpt_path={tmp_path / 'edsr_tiny_x4.pt'}",
             f"data.root={data_root}",
             "data.benchmarks=[Set5]",
             "data.scales=[4]",
             "model.self_ensemble=true",
             f"results_path={out}",
-            f"hydra.run.dir={tmp_path / 'run'}",
         ],
-        capture_output=True,
-        text=True,
-        timeout=300,
+        tmp_path / "run",
     )
-    assert proc.returncode == 0, proc.stderr[-3000:]
     (row,) = json.loads(out.read_text())
     assert row["model"] == "edsr_tiny_x4" and row["self_ensemble"] is True
     assert row["n_images"] == 5

@@ -4,14 +4,10 @@ checkpoints that record their network, the protocol of each data set, the global
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
-import yaml
 from helpers import REPO, score, train
 from PIL import Image
 
@@ -46,21 +42,6 @@ def tiny_run_args(data_root: Path, cache: Path, run: Path) -> list[str]:
     ]
 
 
-def eval_cli(*args: str) -> list[dict]:
-    """``eval.py`` as a user runs it; returns its JSON rows."""
-    out = Path(next(a for a in args if a.startswith("hydra.run.dir=")).split("=", 1)[1])
-    proc = subprocess.run(
-        [sys.executable, str(REPO / "eval.py"), *args, f"results_path={out / 'r.json'}"],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        env={**os.environ, "WANDB_MODE": "disabled"},
-        cwd=REPO,
-    )
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    return json.loads((out / "r.json").read_text())
-
-
 def upscaled_psnr(data_root: Path, weights: Path, scale: int, out: Path, *extra: str) -> float:
     """Mean PSNR of ``sr-upscale``'s PNGs of Set5 x``scale`` against HR, benchmark protocol."""
     pairs = benchmark_pairs(data_root, "Set5", scale)
@@ -80,10 +61,15 @@ def upscaled_psnr(data_root: Path, weights: Path, scale: int, out: Path, *extra:
 def test_res_scale_model_in_bf16_with_ensemble_agrees_everywhere(tmp_path, data_root, cache_dir):
     """EDSR 2x16 with res_scale 0.1, trained under bf16-mixed, tested with the self-ensemble:
     results.json, eval.py (fp32) on the best checkpoint and sr-upscale's PNGs scored by our
-    metrics agree to 0.001 dB; the checkpoint records res_scale=0.1 (no guess)."""
+    metrics agree to 0.001 dB; the checkpoint records res_scale=0.1 (no guess). Also the
+    suite's bf16-mixed run on a CPU. train.py and eval.py run in this process (the same code as
+    the scripts); 3 updates an epoch: a bf16 step is emulated on this CPU (~0.5 s each)."""
+    from helpers import run_eval_in_process, run_train_in_process
+
     run = tmp_path / "run"
     extra = ["model.net.res_scale=0.1", "trainer.precision=bf16-mixed", "model.self_ensemble=true"]
-    train([*tiny_run_args(data_root, cache_dir, run), *extra])
+    extra += ["data.updates_per_epoch=3"]
+    run_train_in_process([*tiny_run_args(data_root, cache_dir, run), *extra], run)
     (row,) = [r for r in json.loads((run / "results.json").read_text()) if r["model"] != "bicubic"]
     assert row["model"] == "edsr 2x16 rs0.1" and row["self_ensemble"] is True
     assert row["protocol"] == {
@@ -98,13 +84,15 @@ def test_res_scale_model_in_bf16_with_ensemble_agrees_everywhere(tmp_path, data_
     ckpt = torch.load(best, map_location="cpu", weights_only=True)
     assert ckpt["protocols"] == {"Set5/x2": row["protocol"]}
 
-    (fp32,) = eval_cli(
-        f"ckpt_path={best}",
-        f"data.root={data_root}",
-        "data.benchmarks=[Set5]",
-        "model.self_ensemble=true",
-        f"data.cache_dir={cache_dir}",
-        f"hydra.run.dir={tmp_path / 'eval'}",
+    (fp32,) = run_eval_in_process(
+        [
+            f"ckpt_path={best}",
+            f"data.root={data_root}",
+            "data.benchmarks=[Set5]",
+            "model.self_ensemble=true",
+            f"data.cache_dir={cache_dir}",
+        ],
+        tmp_path / "eval",
     )
     assert fp32["psnr"] == pytest.approx(row["psnr"], abs=1e-3)
     assert fp32["ssim"] == pytest.approx(row["ssim"], abs=1e-5)
@@ -118,9 +106,12 @@ def test_res_scale_model_in_bf16_with_ensemble_agrees_everywhere(tmp_path, data_
 @pytest.mark.slow
 def test_mdsr_trains_and_scores_its_three_scales_everywhere(tmp_path, data_root, cache_dir):
     """model=mdsr_baseline trains x2, x3 and x4 by itself; its checkpoint criterion is the mean
-    over the scales; eval.py scores every scale of the checkpoint; sr-upscale agrees."""
+    over the scales; eval.py scores every scale of the checkpoint; sr-upscale agrees. train.py
+    and eval.py run in this process (the same code as the scripts)."""
+    from helpers import run_eval_in_process, run_train_in_process
+
     run = tmp_path / "run"
-    train([*tiny_run_args(data_root, cache_dir, run), "model=mdsr_baseline"])
+    run_train_in_process([*tiny_run_args(data_root, cache_dir, run), "model=mdsr_baseline"], run)
     rows = [r for r in json.loads((run / "results.json").read_text()) if r["model"] != "bicubic"]
     assert [(r["model"], r["scale"]) for r in rows] == [("mdsr 2x16", s) for s in (2, 3, 4)]
     summary = json.loads((run / "summary.json").read_text())
@@ -130,12 +121,14 @@ def test_mdsr_trains_and_scores_its_three_scales_everywhere(tmp_path, data_root,
     assert summary["model_args"]["scales"] == [2, 3, 4]
 
     best = next((run / "checkpoints").glob("best-*.ckpt"))
-    evaluated = eval_cli(  # no data.scales: every scale the checkpoint has
-        f"ckpt_path={best}",
-        f"data.root={data_root}",
-        "data.benchmarks=[Set5]",
-        f"data.cache_dir={cache_dir}",
-        f"hydra.run.dir={tmp_path / 'eval'}",
+    evaluated = run_eval_in_process(  # no data.scales: every scale the checkpoint has
+        [
+            f"ckpt_path={best}",
+            f"data.root={data_root}",
+            "data.benchmarks=[Set5]",
+            f"data.cache_dir={cache_dir}",
+        ],
+        tmp_path / "eval",
     )
     assert [r["scale"] for r in evaluated] == [2, 3, 4]
     for row, again in zip(rows, evaluated, strict=True):
@@ -156,19 +149,16 @@ def test_mdsr_trains_and_scores_its_three_scales_everywhere(tmp_path, data_root,
 
 @pytest.mark.slow
 def test_mdsr_recipe_and_the_global_batch_under_ddp(tmp_path, data_root, cache_dir):
-    """``model=mdsr`` composes x2+x3+x4 and 650 epochs; ``data.batch_size=8`` on 2 ranks is
-    4 patches per rank per step, logged as the recipe and recorded in summary.json."""
-    proc = subprocess.run(
-        [sys.executable, str(REPO / "train.py"), "model=mdsr", "--cfg", "job", "--resolve"],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        cwd=REPO,
-    )
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    cfg = yaml.safe_load(proc.stdout)
-    assert cfg["data"]["scales"] == [2, 3, 4] and cfg["trainer"]["max_epochs"] == 650
-    assert cfg["model"]["net"]["n_resblocks"] == 80 and cfg["data"]["batch_size"] == 16
+    """``model=mdsr`` composes x2+x3+x4 and 650 epochs. ``model=mdsr_baseline
+    trainer.devices=2`` as typed (2 CPU ranks, no strategy given) trains the mixed scales (MDSR
+    leaves the other scales' modules without gradient at each step: DDP is told) and tests each
+    scale; ``data.batch_size=8`` is 4 patches per rank per step, logged as the recipe and
+    recorded in summary.json."""
+    from helpers import compose_config
+
+    cfg = compose_config("train", ["model=mdsr"])  # what ``train.py model=mdsr`` composes
+    assert list(cfg.data.scales) == [2, 3, 4] and cfg.trainer.max_epochs == 650
+    assert cfg.model.net.n_resblocks == 80 and cfg.data.batch_size == 16
 
     run = tmp_path / "run"
     args = tiny_run_args(data_root, cache_dir, run)
@@ -176,21 +166,26 @@ def test_mdsr_recipe_and_the_global_batch_under_ddp(tmp_path, data_root, cache_d
         "model=mdsr_baseline",
         "model.net.n_resblocks=1",
         "model.net.n_feats=8",
-        "trainer=ddp_cpu",
+        "trainer.devices=2",
         "data.batch_size=8",
         "data.updates_per_epoch=4",
         "trainer.max_epochs=1",
-        "test_after_fit=false",
         "+callbacks.probe._target_=batch_probe.BatchSizes",
         f"+callbacks.probe.dirpath={tmp_path / 'probe'}",
     ]
     proc = train(args, env={"PYTHONPATH": str(REPO / "tests" / "plugins")})
+    assert "trainer.strategy=ddp_find_unused_parameters_true" in proc.stdout + proc.stderr
     assert "recipe: global batch 8 = 2 devices x 4, lr 0.0005 (not rescaled)" in proc.stdout
     for rank in (0, 1):
         lines = (tmp_path / "probe" / f"batches-rank{rank}.txt").read_text().split("\n")[:-1]
         assert [line.split() for line in lines] == [[str(k), "4", "4"] for k in range(4)]
     summary = json.loads((run / "summary.json").read_text())
     assert (summary["global_batch_size"], summary["per_device_batch_size"]) == (8, 4)
+    assert summary["world_size"] == 2 and summary["model_args"]["scales"] == [2, 3, 4]
+    rows = json.loads((run / "results.json").read_text())  # each scale tested, on Set5
+    assert sorted((r["model"], r["scale"], r["n_images"]) for r in rows) == [
+        (model, scale, 5) for model in ("bicubic", "mdsr 1x8") for scale in (2, 3, 4)
+    ]
 
 
 def div2k_folder(data_root: Path, root: Path) -> Path:
@@ -238,20 +233,19 @@ def test_div2k_is_scored_on_rgb_with_border_scale_plus_6(tmp_path, data_root):
 
 
 def test_report_never_puts_two_protocols_in_one_column(tmp_path):
+    from helpers import write_job
+
     from sr_lightning.analysis.report import build_report
 
     sweep = tmp_path / "sweep"
     for job, (channels, border, psnr) in enumerate([("y", 2, 30.0), ("rgb", 8, 28.0)]):
-        folder = sweep / str(job)
-        (folder / ".hydra").mkdir(parents=True)
-        (folder / ".hydra" / "overrides.yaml").write_text(f"- data.protocol={channels}\n")
         proto = {"channels": channels, "border": border, "lr_source": "file"}
         summary = {
             "status": "completed",
             "best": {"val/DIV2K/x2/psnr": psnr},
             "protocols": {"DIV2K/x2": proto},
         }
-        (folder / "summary.json").write_text(json.dumps(summary))
+        write_job(sweep / str(job), [f"data.protocol={channels}"], summary)
     report = build_report(sweep)
     columns = [c for c in report.columns if c.startswith("val/") and "/psnr" in c]
     assert columns == [
@@ -314,16 +308,16 @@ def test_init_from_maps_mdsr_modules_by_scale(tmp_path):
     assert torch.equal(dst.upsample[0][0].weight, src.upsample[0][0].weight)
 
 
-def test_eval_refuses_a_random_trainable_network(tmp_path):
-    proc = subprocess.run(
-        [sys.executable, str(REPO / "eval.py"), f"hydra.run.dir={tmp_path}"],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        cwd=REPO,
-    )
-    assert proc.returncode != 0
-    said = proc.stdout + proc.stderr
+def test_eval_refuses_a_random_trainable_network(tmp_path, capsys, caplog):
+    import logging
+
+    from helpers import run_eval_in_process  # eval.py with no override, in this process
+
+    with caplog.at_level(logging.ERROR), pytest.raises(SystemExit) as exit_:
+        run_eval_in_process([], tmp_path)
+    assert exit_.value.code == 1
+    [error] = [r for r in caplog.records if r.levelno >= logging.ERROR]
+    said = error.getMessage() + "".join(capsys.readouterr())
     assert "model=edsr_baseline without ckpt_path= would score a randomly initialised" in said
-    assert "Traceback" not in said
+    assert error.exc_info is None and "Traceback" not in said  # one line, no traceback
     assert not (tmp_path / "results.json").exists()

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import REPO, ckpt_step, tiny_args, train
+from helpers import REPO, ckpt_step, run_train_in_process, tiny_args, train
 
 pytestmark = pytest.mark.slow
 
@@ -35,13 +35,20 @@ def args(cache_dir: Path, run: Path) -> list[str]:
 
 @pytest.fixture(scope="module")
 def reference(tmp_path_factory, sample_cache) -> Path:
-    """The uninterrupted run."""
+    """The uninterrupted run (``run_train`` in this process: the same code as train.py)."""
     run = tmp_path_factory.mktemp("reference") / "run"
-    train(args(sample_cache, run))
+    run_train_in_process(args(sample_cache, run), run)
     return run
 
 
 PLUGINS = {"PYTHONPATH": str(REPO / "tests" / "plugins")}
+# a step takes 0.25 s more where SR_TEST_STEP_SLEEP says so (the process to be killed): the
+# override is recorded with the run, and the resume, started without the variable, runs at speed
+SLOW = [
+    "+callbacks.slow._target_=slow_steps.SleepEveryStep",
+    "+callbacks.slow.seconds='${oc.decode:${oc.env:SR_TEST_STEP_SLEEP,0}}'",
+]
+SLEEP = {"SR_TEST_STEP_SLEEP": "0.25"}
 
 
 def resume_as_the_readme_says(run: Path, *extra: str, check: bool = True):
@@ -61,16 +68,11 @@ def start_and_kill(
     """Start a slowed-down run; once a checkpoint of ``after_step`` exists, signal the whole
     process group (the trainer and its data worker, as SLURM does) and wait for the end."""
     slow = [
-        "+callbacks.slow._target_=slow_steps.SleepEveryStep",
-        "+callbacks.slow.seconds=0.25",
+        *SLOW,
         # rows of the steps after the checkpoint reach the file: the resumed run must drop them
         "+logger.csv.flush_logs_every_n_steps=1",
     ]
-    env = {
-        **os.environ,
-        "WANDB_MODE": "disabled",
-        "PYTHONPATH": str(REPO / "tests" / "plugins"),
-    }
+    env = {**os.environ, "WANDB_MODE": "disabled", **PLUGINS, **SLEEP}
     log = run.parent / f"killed-{sig}.log"  # a file, not a pipe that could fill up and block
     proc = subprocess.Popen(
         [sys.executable, str(REPO / "train.py"), *args(cache, run), *slow, *extra],
@@ -257,10 +259,9 @@ def test_slurm_requeue_is_lightnings_and_the_requeued_job_resumes(
     assert "SLURMEnvironment" in trainer and "auto_requeue: true" in trainer
 
     run = tmp_path / "run"
-    slow = ["+callbacks.slow._target_=slow_steps.SleepEveryStep", "+callbacks.slow.seconds=0.25"]
-    env = {**os.environ, "WANDB_MODE": "disabled", **PLUGINS, **slurm_env(tmp_path)}
+    env = {**os.environ, "WANDB_MODE": "disabled", **PLUGINS, **SLEEP, **slurm_env(tmp_path)}
     log = tmp_path / "job.log"
-    command = [sys.executable, str(REPO / "train.py"), *args(sample_cache, run), *slow]
+    command = [sys.executable, str(REPO / "train.py"), *args(sample_cache, run), *SLOW]
     proc = subprocess.Popen(
         command, cwd=REPO, env=env, stdout=log.open("w"), stderr=subprocess.STDOUT,
         start_new_session=True,
@@ -278,6 +279,7 @@ def test_slurm_requeue_is_lightnings_and_the_requeued_job_resumes(
     os.killpg(proc.pid, signal.SIGTERM)  # the requeue stops the job
     assert proc.wait(timeout=120) == 143, log.read_text()[-3000:]
     restarted = {**env, **slurm_env(tmp_path, restarts=1)}
+    del restarted["SR_TEST_STEP_SLEEP"]  # the requeued job runs at full speed
     again = subprocess.run(command, cwd=REPO, env=restarted, capture_output=True, text=True,
                            timeout=300)  # fmt: skip
     assert again.returncode == 0, again.stderr[-3000:]

@@ -3,6 +3,7 @@ batch jobs that survive one bad file, atomic run records."""
 
 from __future__ import annotations
 
+import logging
 import os
 import subprocess
 import sys
@@ -10,8 +11,12 @@ import time
 
 import pytest
 import torch
-from helpers import REPO, tiny_args, train
+from helpers import REPO, compose_config, run_eval_in_process, tiny_args, train
+from hydra.utils import instantiate
 from PIL import Image
+
+from sr_lightning.cli.upscale import main as upscale
+from sr_lightning.config.rules import prepare_command_line
 
 
 def python(code: str, timeout: float = 120, **env: str) -> subprocess.CompletedProcess:
@@ -36,6 +41,8 @@ with initialize_config_dir(config_dir={str(REPO / "conf")!r}, version_base="1.3"
 """
 
 
+# the point is a process that exits: the interpreter's exit handler must not hang on the workers
+@pytest.mark.slow
 def test_a_held_train_loader_with_workers_does_not_hang_at_exit(tmp_path):
     """A script takes batches from the data module's loader (2 workers) and returns: Python's
     exit handler SIGTERMs the daemonic workers, which must exit (they used to ignore it)."""
@@ -59,6 +66,37 @@ print("got", tuple(batch["lr"].shape), flush=True)
     assert time.time() - start < 30
 
 
+def test_configs_instantiate_from_python_outside_the_repo(tmp_path, monkeypatch):
+    """In this process, from another folder and without $PROJECT_ROOT: the root is the
+    checkout, and the data module, the LitModule (init_from included) and its network come out
+    of the config (the fresh-interpreter version is the slow test below)."""
+    from sr_lightning.models import EDSR
+
+    torch.save(EDSR(scale=2, n_resblocks=1, n_feats=8).state_dict(), tmp_path / "x2.pt")
+    monkeypatch.delenv("PROJECT_ROOT", raising=False)
+    monkeypatch.chdir(tmp_path)
+    cfg = compose_config(
+        "train",
+        [
+            "experiment=quickstart",
+            "model.net.n_resblocks=1",
+            "model.net.n_feats=8",
+            f"model.init_from={tmp_path / 'x2.pt'}",
+        ],
+    )
+    assert cfg.paths.root_dir == str(REPO), cfg.paths.root_dir
+    dm, module = instantiate(cfg.data), instantiate(cfg.model)
+    assert (type(dm).__name__, type(module).__name__, type(module.net).__name__) == (
+        "SRDataModule",
+        "SRLitModule",
+        "EDSR",
+    )
+    assert dm.scales == [2] and module.hparams.optim["lr"] == 0.0005
+    assert cfg.trainer.max_epochs == 8
+
+
+# the point is a fresh interpreter that imported nothing but the public package (its resolvers)
+@pytest.mark.slow
 def test_configs_compose_and_instantiate_from_python(tmp_path):
     """As a notebook: no $PROJECT_ROOT, nothing imported but the public package; the data
     module, the LitModule (init_from included) and its network come out of the config."""
@@ -99,23 +137,21 @@ def test_a_wrong_data_root_for_the_test_sets_fails_before_training(tmp_path, cac
     assert not list((run / "checkpoints").glob("*.ckpt"))  # not a single update was made
 
 
-def test_a_misspelt_key_on_the_command_line_gets_our_did_you_mean(tmp_path):
+def test_a_misspelt_key_on_the_command_line_gets_our_did_you_mean(capsys):
+    """What train.py and eval.py do with sys.argv before Hydra sees it: exit code 2 and our
+    did-you-mean, before Hydra's own advice could be printed."""
     commands = [
-        ["train.py", "-m", "model.net.n_resblock=4,8"],
-        ["eval.py", "model.net.n_resblock=4"],
+        ("train", ["train.py", "-m", "model.net.n_resblock=4,8"]),
+        ("eval", ["eval.py", "model.net.n_resblock=4"]),
     ]
-    for script, *args in commands:
-        proc = subprocess.run(
-            [sys.executable, str(REPO / script), *args],
-            capture_output=True,
-            text=True,
-            timeout=120,
-            cwd=REPO,
-        )
-        assert proc.returncode == 2, proc.stderr[-2000:]
-        assert "model.net.n_resblock: unknown key for sr_lightning.models.build_net" in proc.stderr
-        assert "did you mean 'n_resblocks'?" in proc.stderr
-        assert "To append to your config use +" not in proc.stderr  # Hydra's advice comes second
+    for config_name, argv in commands:
+        with pytest.raises(SystemExit) as exit_:
+            prepare_command_line(config_name, argv)
+        err = capsys.readouterr().err
+        assert exit_.value.code == 2, err
+        assert "model.net.n_resblock: unknown key for sr_lightning.models.build_net" in err
+        assert "did you mean 'n_resblocks'?" in err
+        assert "To append to your config use +" not in err  # Hydra's advice comes second
 
 
 @pytest.mark.parametrize(
@@ -128,7 +164,7 @@ def test_a_misspelt_key_on_the_command_line_gets_our_did_you_mean(tmp_path):
     ],
     ids=["random", "zip", "truncated", "pickle-noise"],
 )
-def test_a_corrupt_weights_file_says_it_is_not_a_checkpoint(tmp_path, data_root, content):
+def test_a_corrupt_weights_file_says_it_is_not_a_checkpoint(tmp_path, data_root, capsys, content):
     from sr_lightning.models import EDSR
 
     weights = tmp_path / "w.pt"
@@ -138,17 +174,12 @@ def test_a_corrupt_weights_file_says_it_is_not_a_checkpoint(tmp_path, data_root,
     else:
         weights.write_bytes(content)
     src = data_root / "benchmark" / "Set5" / "LR_bicubic" / "X2" / "birdx2.png"
-    proc = subprocess.run(
-        [sys.executable, "-m", "sr_lightning.cli.upscale", str(src), "--weights", str(weights),
-         "--out", str(tmp_path / "out")],
-        capture_output=True, text=True, timeout=120,
-    )  # fmt: skip
-    assert proc.returncode == 1
-    assert f"error: {weights}: not a checkpoint" in proc.stderr and "Traceback" not in proc.stderr
+    assert upscale([str(src), "--weights", str(weights), "--out", str(tmp_path / "out")]) == 1
+    err = capsys.readouterr().err
+    assert f"error: {weights}: not a checkpoint" in err and "Traceback" not in err, err
 
 
-def test_upscale_writes_every_good_file_and_counts_the_bad_ones(tmp_path, data_root):
-    from sr_lightning.cli.upscale import main
+def test_upscale_writes_every_good_file_and_counts_the_bad_ones(tmp_path, data_root, capsys):
     from sr_lightning.models import EDSR
 
     torch.save(EDSR(scale=2, n_resblocks=1, n_feats=8).state_dict(), tmp_path / "w.pt")
@@ -158,24 +189,22 @@ def test_upscale_writes_every_good_file_and_counts_the_bad_ones(tmp_path, data_r
     for name in ("a_bird", "c_head"):
         Image.open(lr / f"{name[2:]}x2.png").save(inputs / f"{name}.png")
     (inputs / "b_broken.png").write_bytes(b"\x89PNG\r\n\x1a\n garbage")
-    proc = subprocess.run(
-        [sys.executable, "-m", "sr_lightning.cli.upscale", str(inputs), "--weights",
-         str(tmp_path / "w.pt"), "--res-scale", "1", "--out", str(tmp_path / "out")],
-        capture_output=True, text=True, timeout=120,
-    )  # fmt: skip
-    assert proc.returncode == 1
+    assert upscale([str(inputs), "--weights", str(tmp_path / "w.pt"), "--res-scale", "1",
+                    "--out", str(tmp_path / "out")]) == 1  # fmt: skip
+    said = capsys.readouterr()
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == [
         "a_bird_x2.png",
         "c_head_x2.png",
     ]
-    errors = [ln for ln in proc.stderr.splitlines() if ln.startswith("error:")]
-    assert len(errors) == 1 and str(inputs / "b_broken.png") in errors[0], proc.stderr
-    assert "2 image(s) written" in proc.stdout and "1 failed" in proc.stdout
-    assert main([str(inputs / "a_bird.png"), "--weights", str(tmp_path / "w.pt"), "--res-scale",
+    errors = [ln for ln in said.err.splitlines() if ln.startswith("error:")]
+    assert len(errors) == 1 and str(inputs / "b_broken.png") in errors[0], said.err
+    assert "Traceback" not in said.err
+    assert "2 image(s) written" in said.out and "1 failed" in said.out, said.out
+    assert upscale([str(inputs / "a_bird.png"), "--weights", str(tmp_path / "w.pt"), "--res-scale",
                  "1", "--out", str(tmp_path / "out2")]) == 0  # fmt: skip
 
 
-def test_eval_names_a_corrupt_image_and_reports_no_number(tmp_path, data_root):
+def test_eval_names_a_corrupt_image_and_reports_no_number(tmp_path, data_root, capsys, caplog):
     folder = tmp_path / "mine"
     folder.mkdir()
     for name in ("baby", "bird"):
@@ -184,13 +213,13 @@ def test_eval_names_a_corrupt_image_and_reports_no_number(tmp_path, data_root):
         )
     (folder / "corrupt.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"\x00" * 64)
     out = tmp_path / "r.json"
-    proc = subprocess.run(
-        [sys.executable, str(REPO / "eval.py"), "model=bicubic", f"data.benchmarks=[{folder}]",
-         "data.scales=[2]", f"data.cache_dir={tmp_path / 'c'}", f"results_path={out}",
-         f"hydra.run.dir={tmp_path / 'run'}"],
-        capture_output=True, text=True, timeout=120, cwd=REPO,
-    )  # fmt: skip
-    said = proc.stdout + proc.stderr
-    assert proc.returncode == 1, said[-2000:]
-    assert f"{folder / 'corrupt.png'}: cannot decode image" in said and "Traceback" not in said
-    assert "| mine |" not in said and not out.exists()  # no partial average, no file
+    args = ["model=bicubic", f"data.benchmarks=[{folder}]", "data.scales=[2]",
+            f"data.cache_dir={tmp_path / 'c'}", f"results_path={out}"]  # fmt: skip
+    with caplog.at_level(logging.ERROR), pytest.raises(SystemExit) as exit_:
+        run_eval_in_process(args, tmp_path / "run")
+    assert exit_.value.code == 1
+    [error] = [r for r in caplog.records if r.levelno >= logging.ERROR]
+    assert f"{folder / 'corrupt.png'}: cannot decode image" in error.getMessage()
+    assert error.exc_info is None  # named in one line, no traceback logged
+    said = capsys.readouterr()
+    assert "| mine |" not in said.out + said.err and not out.exists()  # no partial average

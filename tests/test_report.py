@@ -1,32 +1,34 @@
-"""``sr_lightning.report`` over a synthetic 2x2 multirun (no training)."""
+"""``sr_lightning.analysis.report`` over synthetic multiruns (no training), their job folders
+written with the run folder's own writers (``helpers.write_job``)."""
 
 from __future__ import annotations
 
 import csv
-import json
+import math
+import shutil
 from pathlib import Path
 
 import pytest
+from helpers import write_job
 
 from sr_lightning.analysis.report import Report, build_report
 from sr_lightning.cli.report import main
+from sr_lightning.runs.job import read_job
+from sr_lightning.runs.records import write_atomically
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 GRID = [("batch", "1.0"), ("batch", "0.1"), ("none", "1.0"), ("none", "0.1")]
 DIVERGED, MISSING = 1, 3  # job numbers
 
 
-def write_job(sweep: Path, i: int, norm: str, res_scale: str) -> None:
-    job = sweep / str(i)
-    (job / ".hydra").mkdir(parents=True)
+def write_grid_job(sweep: Path, i: int, norm: str, res_scale: str) -> None:
     overrides = [
         f"model.net.norm={norm}",
         f"model.net.res_scale={res_scale}",
         "trainer.max_steps=10",
     ]
-    (job / ".hydra" / "overrides.yaml").write_text("".join(f"- {o}\n" for o in overrides))
-    if i == MISSING:  # crashed before writing summary.json (and with an empty history)
-        (job / "history.csv").write_text("")
+    if i == MISSING:  # crashed before writing summary.json, its history cut back to nothing
+        write_atomically(write_job(sweep / str(i), overrides).history, "")
         return
     psnr = 30.0 + i + 0.123456
     diverged = i == DIVERGED
@@ -49,20 +51,22 @@ def write_job(sweep: Path, i: int, norm: str, res_scale: str) -> None:
         "best": best,
         "final": best,
     }
-    (job / "summary.json").write_text(json.dumps(summary))
-    rows = ["step,key,value", "0,train/loss,0.5", f"5,val/psnr,{psnr - 1}"]
-    rows += ["10,val/psnr,nan", "10,train/loss,inf"] if diverged else [f"10,val/psnr,{psnr}"]
-    rows += [f"10,val/Set5/x2/psnr,{psnr}"]
-    (job / "history.csv").write_text("\n".join(rows) + "\n")
+    history = [(0, "train/loss", 0.5), (5, "val/psnr", psnr - 1)]
+    if diverged:
+        history += [(10, "val/psnr", math.nan), (10, "train/loss", math.inf)]
+    else:
+        history += [(10, "val/psnr", psnr)]
+    history += [(10, "val/Set5/x2/psnr", psnr)]
+    write_job(sweep / str(i), overrides, summary, history)
 
 
 @pytest.fixture
 def sweep(tmp_path) -> Path:
     sweep = tmp_path / "multirun"
     sweep.mkdir()
-    (sweep / "multirun.yaml").write_text("hydra:\n  mode: MULTIRUN\n")
+    (sweep / "multirun.yaml").write_text("hydra:\n  mode: MULTIRUN\n")  # Hydra's, not a job
     for i, (norm, res_scale) in enumerate(GRID):
-        write_job(sweep, i, norm, res_scale)
+        write_grid_job(sweep, i, norm, res_scale)
     return sweep
 
 
@@ -185,8 +189,6 @@ def test_plots(sweep):
 
 
 def test_history_drops_non_finite_points(sweep):
-    from sr_lightning.runs.job import read_job
-
     job = read_job(sweep / str(DIVERGED))
     assert job.curve("val/psnr") == [(5, pytest.approx(30.123456))]
     assert read_job(sweep / str(MISSING)).curve("val/psnr") == []
@@ -195,9 +197,7 @@ def test_history_drops_non_finite_points(sweep):
 def test_single_job_shows_all_overrides(sweep):
     pytest.importorskip("matplotlib")
     for i in (1, 2, 3):
-        for p in sorted((sweep / str(i)).rglob("*"), reverse=True):
-            p.rmdir() if p.is_dir() else p.unlink()
-        (sweep / str(i)).rmdir()
+        shutil.rmtree(sweep / str(i))
     report = build_report(sweep)
     assert report.columns[1:4] == ["model.net.norm", "model.net.res_scale", "trainer.max_steps"]
 
@@ -243,3 +243,21 @@ def test_wandb_offline_logs_the_table(sweep, tmp_path, monkeypatch, capsys):
     assert main([str(sweep), "--out", str(out), "--wandb"]) == 0
     assert "warning" not in capsys.readouterr().err
     assert list((out / "wandb").glob("offline-run-*"))
+
+
+def test_report_marks_a_job_without_summary_as_failed(tmp_path, capsys):
+    """A crashed job (no summary.json) is a failed row, not a crash."""
+    pytest.importorskip("matplotlib")
+    best = {"val/psnr": 30.5, "val/Set5/x2/psnr": 30.5}
+    summary = {"params": 1234, "steps": 5, "wall_time_s": 3.0, "status": "completed", "best": best}
+    write_job(
+        tmp_path / "0", ["optim.lr=1e-4", "trainer.max_steps=5"], summary, [(5, "val/psnr", 30.5)]
+    )
+    write_job(tmp_path / "1", ["optim.lr=1e-3", "trainer.max_steps=5"])
+    assert main([str(tmp_path)]) == 0
+    md = (tmp_path / "report.md").read_text()
+    assert "| 0 | 1e-4 | 1,234 | 5 | 3.0 s | 30.50 | - | - | no | completed |" in md
+    assert "| 1 | 1e-3 | - | - | - | - | - | - | no | failed |" in md
+    assert "trainer.max_steps" not in md  # constant across jobs: not a swept column
+    assert main([str(tmp_path / "missing")]) == 1
+    assert "multirun folder not found" in capsys.readouterr().err

@@ -1,13 +1,20 @@
-"""train.py end to end (tiny models, a few steps, CPU): Hydra, DDP, resume, W&B, init_from."""
+"""train.py end to end (tiny models, a few steps, CPU): Hydra, DDP, resume, W&B, EMA.
+
+Subprocesses where the process is the point (the console and train.log, 2 gloo ranks, ``-m``,
+the W&B service); the rest runs ``run_train`` in process (the same code, seconds less each).
+Bad configs: tests/test_train_config.py (fast tier); MDSR under DDP and a bf16-mixed run on
+this CPU: test_numbers.py."""
 
 from __future__ import annotations
 
 import csv
 import json
+import logging
+import re
 
 import pytest
 import torch
-from helpers import ckpt_step, score, tiny_args, train
+from helpers import ckpt_step, run_train_in_process, score, tiny_args, train, write_job
 
 pytestmark = pytest.mark.slow
 
@@ -58,29 +65,14 @@ def test_train_end_to_end_writes_results_and_checkpoints(tmp_path, sample_cache)
     ]
 
 
-def test_training_longer_from_a_checkpoint_continues_at_the_right_step(tmp_path, sample_cache):
-    """A run trained for 1 epoch, then for 2 from its checkpoint (a changed config: the
-    checkpoint is given by path; ckpt_path=last would refuse the new max_epochs)."""
-    run = tmp_path / "run"
-    train([*tiny_args(sample_cache), f"hydra.run.dir={run}", "trainer.max_epochs=1"])
-    last = run / "checkpoints" / "last.ckpt"
-    assert ckpt_step(last) == 3
-    ckpt = torch.load(last, map_location="cpu", weights_only=True)
-    assert ckpt["lr_schedulers"][0]["last_epoch"] == 3  # step-wise LR schedule state saved
-    refused = train([f"hydra.run.dir={run}", "ckpt_path=last", "trainer.max_epochs=2"], check=False)
-    assert "trainer.max_epochs=2 (the run has trainer.max_epochs=1)" in refused.stderr
-    train([*tiny_args(sample_cache), f"hydra.run.dir={run}", f"ckpt_path={last}"])
-    assert ckpt_step(last) == 6
-    import csv
-
-    with open(run / "csv" / "metrics.csv") as f:
-        logged = [int(r["step"]) for r in csv.DictReader(f) if r.get("train/loss")]
-    assert logged == sorted(set(logged)) and len(logged) == 6  # each step once, none lost
-
-
 def test_ddp_cpu_single_run_scores_each_image_once(tmp_path, sample_cache):
-    """2 gloo ranks, a 3-image test set (a padding sampler would score one image twice):
-    the DDP numbers equal a single-process evaluation of the same checkpoint."""
+    """One 2-rank DDP run (gloo), three checks. A 3-image test set (a padding sampler would
+    score one image twice): the DDP numbers equal a single-process evaluation of the same
+    checkpoint. The world size is the trainer's, also for ``trainer.devices`` given as a digit
+    string (Lightning accepts "2"): the global batch of 4 is 2 per rank, in the recipe line and
+    in summary.json. The speed flags work under DDP: the ranks train the compiled
+    channels_last step without falling back to eager, and the checkpoint holds the network
+    once (net.*, no compiled or DDP wrapper)."""
     from PIL import Image
 
     from sr_lightning.data.sample import sample_dir
@@ -93,9 +85,18 @@ def test_ddp_cpu_single_run_scores_each_image_once(tmp_path, sample_cache):
         Image.open(src).crop((0, 0, 96 + 24 * i, 72)).save(three / f"{i}.png")
     run = tmp_path / "run"
     args = [*tiny_args(sample_cache), f"hydra.run.dir={run}", "trainer=ddp_cpu"]
-    train([*args, f"data.benchmarks=[{three}]"])
-    assert (run / "checkpoints" / "last.ckpt").is_file()
+    args += ['trainer.devices="2"', "data.batch_size=4", "trainer.max_epochs=1"]
+    args += ["model.compile=true", "model.channels_last=true"]
+    proc = train([*args, f"data.benchmarks=[{three}]"], timeout=600)
+    assert "compiling failed" not in proc.stdout + proc.stderr
+    last = torch.load(run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
+    assert last["global_step"] == 3
+    assert all(k.startswith(("net.", "eval_metrics.")) for k in last["state_dict"])
     assert sorted(p.name for p in tmp_path.iterdir()) == ["run", "three"]
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["world_size"] == 2 and summary["per_device_batch_size"] == 2
+    assert summary["global_batch_size"] == 4 and summary["status"] == "completed"
+    assert "recipe: global batch 4 = 2 devices x 2, " in (run / "train.log").read_text()
     rows = json.loads((run / "results.json").read_text())
     ddp = next(r for r in rows if r["model"] != "bicubic")
     assert ddp["n_images"] == 3
@@ -137,19 +138,6 @@ def test_ddp_cpu_multirun_folders_and_a_diverged_job(tmp_path, sample_cache):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["sweep"]  # no second sweep folder
 
 
-def test_bf16_mixed_runs_on_cpu(tmp_path, sample_cache):
-    run = tmp_path / "run"
-    train(
-        [
-            *tiny_args(sample_cache),
-            f"hydra.run.dir={run}",
-            "trainer.precision=bf16-mixed",
-            "trainer.max_epochs=1",
-        ]
-    )
-    assert (run / "results.json").is_file()
-
-
 def test_wandb_offline_without_network_and_a_resume_continues_its_run(tmp_path, sample_cache):
     """No key, no network: W&B logs offline, and the run's last lines name the folder and the
     ``wandb sync`` command. The resumed run (same folder) continues the same W&B run id."""
@@ -172,94 +160,39 @@ def test_wandb_offline_without_network_and_a_resume_continues_its_run(tmp_path, 
     assert ids == [f"run-{run_id(run)}.wandb"] * 2  # two offline segments of one W&B run
 
 
-def test_mdsr_trains_on_mixed_scales_under_ddp(tmp_path, sample_cache):
-    """`train.py model=mdsr trainer.devices=N` as typed: 2 CPU ranks, no strategy given. MDSR
-    leaves the other scales' modules without gradient at each step; DDP must be told."""
-    run = tmp_path / "run"
-    proc = train(
-        [
-            *tiny_args(sample_cache),
-            f"hydra.run.dir={run}",
-            "model=mdsr_baseline",
-            "model.net.n_resblocks=1",
-            "model.net.n_feats=8",
-            "data.scales=[2,3]",
-            "data.updates_per_epoch=6",
-            "trainer.max_epochs=1",
-            "trainer.devices=2",
-        ]
-    )
-    assert "trainer.strategy=ddp_find_unused_parameters_true" in proc.stdout + proc.stderr
-    rows = json.loads((run / "results.json").read_text())
-    assert sorted((r["model"], r["scale"]) for r in rows) == [
-        ("bicubic", 2),
-        ("bicubic", 3),
-        ("mdsr 1x8", 2),
-        ("mdsr 1x8", 3),
-    ]
-
-
-@pytest.mark.parametrize(
-    ("override", "message"),
-    [
-        (["model=edsr_large"], "Could not find 'model/edsr_large'"),
-        (["model=mdsr_baseline", "data.scales=[2,8]"], "MDSR scale=8 is not supported"),
-        (["data.patch_size=0"], "data.patch_size=0 must be a positive integer"),
-        (
-            ["data.batch_size=5", "trainer=ddp_cpu"],
-            "data.batch_size=5 (the global batch) is not divisible by trainer.devices x "
-            "trainer.num_nodes = 2",
-        ),
-        (["model.net.norm=layer"], "model.net.norm='layer' is not supported"),
-        (["model=bicubic"], "model=bicubic has nothing to train"),
-    ],
-)
-def test_bad_config_fails_before_training(tmp_path, sample_cache, override, message):
-    proc = train(
-        [*tiny_args(sample_cache), f"hydra.run.dir={tmp_path / 'run'}", *override], check=False
-    )
-    assert proc.returncode != 0
-    assert message in proc.stderr + proc.stdout
-    assert not (tmp_path / "run" / "checkpoints" / "last.ckpt").exists()
-
-
-def test_ddp_cpu_with_compile_and_channels_last(tmp_path, sample_cache):
-    """The speed flags work under DDP: 2 gloo ranks train the compiled channels_last step
-    without falling back to eager, and the checkpoint holds the network once (net.*)."""
-    run = tmp_path / "run"
-    proc = train(
-        [
-            *tiny_args(sample_cache),
-            f"hydra.run.dir={run}",
-            "trainer=ddp_cpu",
-            "trainer.max_epochs=1",
-            "test_after_fit=false",
-            "model.compile=true",
-            "model.channels_last=true",
-        ],
-        timeout=600,
-    )
-    assert "compiling failed" not in proc.stdout + proc.stderr
-    assert ckpt_step(run / "checkpoints" / "last.ckpt") == 3
-    state = torch.load(run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
-    assert all(k.startswith(("net.", "eval_metrics.")) for k in state["state_dict"])
-
-
-def test_ema_checkpoints_hold_both_weights_resume_exactly_and_are_what_eval_scores(
-    tmp_path, sample_cache
+def test_training_longer_from_a_checkpoint_continues_exactly_and_ema_is_what_eval_scores(
+    tmp_path, sample_cache, caplog
 ):
-    """optim.ema_decay: the checkpoint's state_dict is the EMA of the weights (validated,
-    tested, loaded by eval.py/sr-upscale), current_model_state the raw weights; a run resumed
-    half-way ends with both equal to the uninterrupted run's."""
+    """A run trained for 1 epoch, then for 2 from its checkpoint (a changed config: the
+    checkpoint is given by path; ckpt_path=last refuses the new max_epochs) continues at the
+    right step, logs each step once and ends equal to the run trained for 2 epochs at once.
+    With optim.ema_decay, in both: the checkpoint's state_dict is the EMA of the weights
+    (validated, tested, loaded by eval.py/sr-upscale), current_model_state the raw weights."""
+    from sr_lightning.config.rules import prepare_command_line
     from sr_lightning.models.checkpoint import load_network
 
-    ema = ["optim.ema_decay=0.5"]
+    args = [*tiny_args(sample_cache), "optim.ema_decay=0.5"]
     whole, half = tmp_path / "whole", tmp_path / "half"
-    proc = train([*tiny_args(sample_cache), *ema, f"hydra.run.dir={whole}"])
-    assert "EMA of the weights (decay 0.5)" in proc.stdout
-    train([*tiny_args(sample_cache), *ema, f"hydra.run.dir={half}", "trainer.max_epochs=1"])
-    resume = f"ckpt_path={half / 'checkpoints' / 'last.ckpt'}"
-    train([*tiny_args(sample_cache), *ema, f"hydra.run.dir={half}", resume])
+    with caplog.at_level(logging.INFO, logger="sr_lightning"):
+        run_train_in_process(args, whole)
+    assert "EMA of the weights (decay 0.5)" in caplog.text  # the recipe line
+    first = [*args, "trainer.max_epochs=1"]
+    run_train_in_process(first, half)
+    last = half / "checkpoints" / "last.ckpt"
+    assert ckpt_step(last) == 3
+    ckpt = torch.load(last, map_location="cpu", weights_only=True)
+    assert ckpt["lr_schedulers"][0]["last_epoch"] == 3  # step-wise LR schedule state saved
+    write_job(half, overrides=first)  # the run's own overrides, as train.py records them
+    refused = re.escape("trainer.max_epochs=2 (the run has trainer.max_epochs=1)")
+    with pytest.raises(SystemExit, match=refused):
+        prepare_command_line("train", ["train.py", f"hydra.run.dir={half}", "ckpt_path=last",
+                                       "trainer.max_epochs=2"])  # fmt: skip
+    run_train_in_process([*args, f"ckpt_path={last}"], half)
+    assert ckpt_step(last) == 6
+    with open(half / "csv" / "metrics.csv") as f:
+        logged = [int(r["step"]) for r in csv.DictReader(f) if r.get("train/loss")]
+    assert logged == sorted(set(logged)) and len(logged) == 6  # each step once, none lost
+
     a, b = (
         torch.load(run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
         for run in (whole, half)
@@ -284,22 +217,33 @@ def test_ema_checkpoints_hold_both_weights_resume_exactly_and_are_what_eval_scor
 def test_validation_by_wall_time_gives_time_to_psnr_points(tmp_path, sample_cache):
     """``trainer.val_check_interval="00:00:00:01"`` (Lightning's time string): validations
     inside one epoch, each in history.csv with its step and wall-clock minutes. The run is
-    bounded by time too (8 s of a 100,000-update epoch), so that any machine gets several."""
+    bounded by time too (4 s of a 100,000-update epoch), and validates on two 128 px crops
+    (milliseconds), so that any machine gets several."""
+    from PIL import Image
+
+    from sr_lightning.data.sample import sample_dir
+
+    crops = tmp_path / "crops"
+    crops.mkdir()
+    for src in sorted((sample_dir(sample_cache) / "train").glob("*.png"))[:2]:
+        Image.open(src).crop((0, 0, 128, 128)).save(crops / src.name)
     run = tmp_path / "run"
-    train(
+    run_train_in_process(
         [
             *tiny_args(sample_cache),
-            f"hydra.run.dir={run}",
+            f"data.val_sets=[{crops}]",
             "data.updates_per_epoch=100000",
             "trainer.max_epochs=1",
-            '+trainer.max_time="00:00:00:08"',
+            '+trainer.max_time="00:00:00:04"',
             'trainer.val_check_interval="00:00:00:01"',
             "callbacks.step_checkpoint.every_n_train_steps=100000",
-        ]
+            "test_after_fit=false",
+        ],
+        run,
     )
     with open(run / "history.csv", newline="") as f:
         rows = list(csv.DictReader(f))
-    val_steps = [int(r["step"]) for r in rows if r["key"] == "val/sample/x2/psnr"]
+    val_steps = [int(r["step"]) for r in rows if r["key"] == "val/crops/x2/psnr"]
     minutes = [float(r["value"]) for r in rows if r["key"] == "time/minutes"]
     inside = [s for s in val_steps if s < 100000]
     assert len(inside) >= 2, val_steps  # by time: the epoch never ended

@@ -66,7 +66,9 @@ def peak_memory(device: str, reset: bool = False) -> float | None:
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        prog="sr-bench", description="The benchmark tables: training step, inference, data loader."
+    )
     parser.add_argument("--device", default=default_device())
     parser.add_argument("--models", nargs="+", default=list(MODELS))
     parser.add_argument("--steps", type=int, default=20, help="timed steps per mode")

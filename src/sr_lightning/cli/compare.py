@@ -11,7 +11,10 @@ from sr_lightning.analysis.compare import compare
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="sr-compare", description=(__doc__ or "").splitlines()[0])
+    parser = argparse.ArgumentParser(
+        prog="sr-compare",
+        description="How two runs differ, image by image, with paired 95% intervals.",
+    )
     parser.add_argument("a", help="run folder or per_image.csv (A, the reference)")
     parser.add_argument("b", help="run folder or per_image.csv (B)")
     parser.add_argument("--out", help="where to write compare.md/png (default: B's folder)")

@@ -24,7 +24,10 @@ from sr_lightning.models.export import (
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="sr-export", description=(__doc__ or "").splitlines()[0])
+    p = argparse.ArgumentParser(
+        prog="sr-export",
+        description="A trained EDSR/MDSR as ONNX, TorchScript or a torch.export program.",
+    )
     p.add_argument("--model", help=f"preset: {', '.join(PRESETS)} (default: from --weights)")
     p.add_argument("--scale", type=int, help="upscaling factor (default: the model's only one)")
     p.add_argument("--weights", help="Lightning .ckpt or authors' .pt (default: random init)")

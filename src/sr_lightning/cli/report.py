@@ -11,7 +11,9 @@ from sr_lightning.analysis.report import build_report
 
 def main(argv: list[str] | None = None) -> int:
     """0 on success, 1 (message on stderr) on a missing or empty sweep."""
-    parser = argparse.ArgumentParser(prog="sr-report", description=(__doc__ or "").splitlines()[0])
+    parser = argparse.ArgumentParser(
+        prog="sr-report", description="Tables and plots of a Hydra multirun or of one run folder."
+    )
     parser.add_argument("sweep_dir", help="a Hydra multirun folder (holds 0/, 1/, ...)")
     parser.add_argument("--out", help="where to write the report (default: the sweep folder)")
     parser.add_argument("--wandb", action="store_true", help="also log the table to W&B")

@@ -34,7 +34,7 @@ from sr_lightning.data.datasets import (
 )
 from sr_lightning.data.degradation import check_degradation
 from sr_lightning.data.device_patches import DevicePatchBatches
-from sr_lightning.data.io import ImageError
+from sr_lightning.data.io import ImageError, to_rgb
 from sr_lightning.data.patches import PatchBatches
 
 log = logging.getLogger(__name__)
@@ -214,7 +214,7 @@ class SRDataModule(L.LightningDataModule):
                         f"{pair.lr or pair.hr}: LR size {tuple(lr.shape[-2:])} at x{scale} is "
                         f"smaller than data.patch_size={self.patch_size}"
                     )
-                rgb = (lr.expand(3, -1, -1), hr.expand(3, -1, -1))  # gray trains as RGB
+                rgb = (to_rgb(lr), to_rgb(hr))  # gray trains as RGB
                 images[scale].append(rgb)
         return images
 

@@ -26,7 +26,7 @@ from torch.utils.data import Dataset
 from sr_lightning.core.protocol import Protocol
 from sr_lightning.data.cache import cached_uint8
 from sr_lightning.data.degradation import check_degradation, degrade
-from sr_lightning.data.io import ImageError, list_images, load_image
+from sr_lightning.data.io import ImageError, list_images, load_image, to_rgb
 
 BENCHMARKS = ("Set5", "Set14", "B100", "Urban100")
 DIV2K_VAL = "DIV2K"
@@ -200,8 +200,8 @@ class EvalDataset(Dataset):
         lr, hr = aligned_pair(self.pairs[i], self.scale, self.cache_dir)
         gray = lr.shape[0] == 1
         return {
-            "lr": lr.expand(3, -1, -1) if gray else lr,
-            "hr": hr.expand(3, -1, -1) if gray else hr,
+            "lr": to_rgb(lr),
+            "hr": to_rgb(hr),
             "gray": gray,
             "name": self.pairs[i].hr.stem,
             "index": i,

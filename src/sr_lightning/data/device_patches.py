@@ -16,6 +16,7 @@ import torch
 from torch.utils.data import IterableDataset
 
 from sr_lightning.core.inference import dihedral
+from sr_lightning.data.io import to_rgb
 from sr_lightning.data.patches import BatchPlan, PatchBatches
 
 
@@ -31,7 +32,7 @@ class PackedImages:
             offsets.append(offsets[-1] + n)
         self.flat = torch.empty(sum(numels), dtype=torch.uint8, device=device)
         for img, start, n in zip(images, offsets, numels, strict=True):
-            self.flat[start : start + n].copy_(img.expand(3, -1, -1).reshape(-1))  # gray as RGB
+            self.flat[start : start + n].copy_(to_rgb(img).reshape(-1))  # gray as RGB
         self.meta = torch.tensor(  # (3, n_images): offset, width, plane
             [offsets, [w for _, w in sizes], [h * w for h, w in sizes]],
             dtype=torch.int64,

@@ -80,6 +80,49 @@ class Upsampler(nn.Sequential):
 SCALES_EDSR = (2, 3, 4, 8)
 
 
+class ResidualTrunk(nn.Module):
+    """What EDSR and MDSR share (Sec. 3.2, 3.3): the frozen mean shifts, a head conv and a body
+    of ``n_resblocks`` ResBlocks plus a conv (the global skip is the subclass's forward), and
+    ``model_args``, the constructor arguments a checkpoint records to rebuild the network.
+
+    Modules are registered in the reference code's order (the mean shifts first, a subclass's
+    scale-specific modules, then :meth:`add_trunk`, then the tail), so that a seed initialises
+    the same weights.
+    """
+
+    def __init__(
+        self,
+        scales: dict[str, int | list[int]],
+        n_resblocks: int,
+        n_feats: int,
+        res_scale: float,
+        rgb_range: float,
+        norm: str,
+    ):
+        super().__init__()
+        check_norm(norm)
+        self.rgb_range = float(rgb_range)
+        self.model_args = {
+            **scales,  # EDSR: {"scale": 2}; MDSR: {"scales": [2, 3, 4]}
+            "n_resblocks": int(n_resblocks),
+            "n_feats": int(n_feats),
+            "res_scale": float(res_scale),
+            "rgb_range": self.rgb_range,
+            "norm": norm,
+        }
+        self.sub_mean = MeanShift(rgb_range, sign=-1)
+        self.add_mean = MeanShift(rgb_range, sign=+1)
+
+    def add_trunk(self) -> None:
+        """``head`` (conv 3 -> F) and ``body`` (the ResBlocks and a conv F -> F)."""
+        a = self.model_args
+        self.head = nn.Sequential(conv(3, a["n_feats"]))
+        blocks = [
+            ResBlock(a["n_feats"], 3, a["res_scale"], a["norm"]) for _ in range(a["n_resblocks"])
+        ]
+        self.body = nn.Sequential(*blocks, conv(a["n_feats"], a["n_feats"]))
+
+
 def check_scale(scale: int, allowed: tuple[int, ...], key: str) -> None:
     if scale not in allowed:
         raise ValueError(f"{key}={scale} is not supported; allowed values: {list(allowed)}")

@@ -5,10 +5,10 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from sr_lightning.models.blocks import MeanShift, ResBlock, Upsampler, check_norm, check_rgb, conv
+from sr_lightning.models.blocks import ResidualTrunk, Upsampler, check_rgb, conv
 
 
-class EDSR(nn.Module):
+class EDSR(ResidualTrunk):
     """mean shift -> head -> ``n_resblocks`` ResBlocks + conv (global skip) -> upsampler -> tail.
 
     Presets (Table 1): EDSR-baseline ``n_resblocks=16, n_feats=64, res_scale=1``;
@@ -27,24 +27,10 @@ class EDSR(nn.Module):
         rgb_range: float = 255.0,
         norm: str = "none",
     ):
-        super().__init__()
-        check_norm(norm)
+        super().__init__({"scale": int(scale)}, n_resblocks, n_feats, res_scale, rgb_range, norm)
         self.scale = int(scale)
         self.scales = (self.scale,)
-        self.rgb_range = float(rgb_range)
-        self.model_args = {
-            "scale": self.scale,
-            "n_resblocks": int(n_resblocks),
-            "n_feats": int(n_feats),
-            "res_scale": float(res_scale),
-            "rgb_range": self.rgb_range,
-            "norm": norm,
-        }
-        self.sub_mean = MeanShift(rgb_range, sign=-1)
-        self.add_mean = MeanShift(rgb_range, sign=+1)
-        self.head = nn.Sequential(conv(3, n_feats))
-        blocks = [ResBlock(n_feats, 3, res_scale, norm) for _ in range(n_resblocks)]
-        self.body = nn.Sequential(*blocks, conv(n_feats, n_feats))
+        self.add_trunk()
         self.tail = nn.Sequential(Upsampler(self.scale, n_feats), conv(n_feats, 3))
 
     def forward(self, x: torch.Tensor, scale: int | None = None) -> torch.Tensor:

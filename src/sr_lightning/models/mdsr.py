@@ -8,10 +8,9 @@ import torch
 from torch import nn
 
 from sr_lightning.models.blocks import (
-    MeanShift,
     ResBlock,
+    ResidualTrunk,
     Upsampler,
-    check_norm,
     check_rgb,
     check_scale,
     conv,
@@ -20,7 +19,7 @@ from sr_lightning.models.blocks import (
 SCALES_MDSR = (2, 3, 4)
 
 
-class MDSR(nn.Module):
+class MDSR(ResidualTrunk):
     """Shared head/body/tail with a scale-specific pre-processing module (two 5x5 ResBlocks)
     in front of the body and a scale-specific upsampler after it. ``forward(x, scale)``.
 
@@ -38,32 +37,19 @@ class MDSR(nn.Module):
         rgb_range: float = 255.0,
         norm: str = "none",
     ):
-        super().__init__()
-        check_norm(norm)
-        self.scales = tuple(int(s) for s in scales)
-        if not self.scales:
+        chosen = [int(s) for s in scales]
+        super().__init__({"scales": chosen}, n_resblocks, n_feats, res_scale, rgb_range, norm)
+        if not chosen:
             raise ValueError("MDSR needs at least one scale (model.scales / data.scales)")
-        for s in self.scales:
+        for s in chosen:
             check_scale(s, SCALES_MDSR, "MDSR scale")
-        self.rgb_range = float(rgb_range)
-        self.model_args = {
-            "scales": list(self.scales),
-            "n_resblocks": int(n_resblocks),
-            "n_feats": int(n_feats),
-            "res_scale": float(res_scale),
-            "rgb_range": self.rgb_range,
-            "norm": norm,
-        }
-        self.sub_mean = MeanShift(rgb_range, sign=-1)
-        self.add_mean = MeanShift(rgb_range, sign=+1)
+        self.scales = tuple(chosen)
         self.pre_process = nn.ModuleList(
             nn.Sequential(ResBlock(n_feats, 5, 1.0, norm), ResBlock(n_feats, 5, 1.0, norm))
             for _ in self.scales
         )
         self.upsample = nn.ModuleList(Upsampler(s, n_feats) for s in self.scales)
-        self.head = nn.Sequential(conv(3, n_feats))
-        blocks = [ResBlock(n_feats, 3, res_scale, norm) for _ in range(n_resblocks)]
-        self.body = nn.Sequential(*blocks, conv(n_feats, n_feats))
+        self.add_trunk()
         self.tail = nn.Sequential(conv(n_feats, 3))
 
     def forward(self, x: torch.Tensor, scale: int | None = None) -> torch.Tensor:

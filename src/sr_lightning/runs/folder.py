@@ -99,6 +99,10 @@ class RunFolder:
     def curves(self) -> Path:
         return self.path / CURVES
 
+    @property
+    def log(self) -> Path:
+        return self.path / LOG
+
     def sample(self, dataset: str, scale: int, image: str, step: int) -> Path:
         """``samples/<set>_x<s>_<image>_step<N>.png``."""
         return self.samples / f"{dataset}_x{scale}_{image}_step{step}.png"

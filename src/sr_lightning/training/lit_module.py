@@ -96,7 +96,7 @@ class SRLitModule(L.LightningModule):
         mode = CompiledOrEager.mode_of(compile)  # refuses a bad model.compile before training
         self._train_forward = CompiledOrEager(net, mode) if mode else net.__call__
         self.loss_fn = LOSSES[recipe.loss]
-        self.tile_overlap = val_tile_overlap or receptive_radius(net)
+        self.tile_overlap = receptive_radius(net) if val_tile_overlap is None else val_tile_overlap
         self.eval_sets: list[Any] = []
         self.eval_metrics = nn.ModuleList()
         self.val_results: list[EvalResult] = []
