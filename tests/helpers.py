@@ -30,6 +30,7 @@ from sr_lightning.runs.history import HEADER
 from sr_lightning.runs.records import write_atomically
 from sr_lightning.runs.results import write_per_image
 from sr_lightning.training.evaluation import evaluate
+from sr_lightning.training.lit_module import SRLitModule
 
 REPO = Path(__file__).resolve().parents[1]
 CONF = REPO / "conf"
@@ -213,7 +214,7 @@ def score(
         degradation=degradation,
         div2k_val_range=div2k_val_range,
     )
-    rows, _ = evaluate(net, datamodule, model_name=model_name, device=device, **module_options)
+    rows, _ = evaluate(SRLitModule(net, **module_options), datamodule, model_name, device)
     return rows
 
 

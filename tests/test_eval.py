@@ -117,6 +117,11 @@ def test_eval_py_writes_results_and_exits_1_naming_a_corrupt_image(data_root, tm
     assert f"{folder / 'corrupt.png'}: cannot decode image" in said and "Traceback" not in said
     assert "| mine |" not in said and not (tmp_path / "bad" / "results.json").exists()
 
+    proc = eval_py("model.self_ensembel=true", f"hydra.run.dir={tmp_path / 'typo'}")
+    assert proc.returncode == 2, proc.stderr[-3000:]  # our did-you-mean, before Hydra's advice
+    assert "did you mean 'self_ensemble'?" in proc.stderr
+    assert "To append to your config use +" not in proc.stderr
+
 
 def test_missing_data_set_says_where_and_how(tmp_path):
     with pytest.raises(FileNotFoundError) as err:

@@ -101,8 +101,8 @@ def pairings(groups: list[Group], keys: list[str]) -> list[Pairing]:
 
 
 def _paired(key: str, a: Group, b: Group) -> list[Pairing]:
-    by_seed_a = {j.overrides.get(SEED, "0"): j.per_image() for j in a.jobs}
-    by_seed_b = {j.overrides.get(SEED, "0"): j.per_image() for j in b.jobs}
+    by_seed_a = {j.overrides.get(SEED, "0"): j.per_image for j in a.jobs}
+    by_seed_b = {j.overrides.get(SEED, "0"): j.per_image for j in b.jobs}
     seeds = sorted(set(by_seed_a) & set(by_seed_b))
     diffs: dict[tuple[str, int], list[float]] = {}
     images: dict[tuple[str, int], set[str]] = {}

@@ -318,13 +318,18 @@ class Bench:
             parts.append(f"Inference (super_resolve), ms per output megapixel:\n\n{infer}")
         if self.loader:
             rates = "; ".join(f"{k}: **{v:,.0f} patches/s**" for k, v in self.loader.items())
-            consumer = f"({fastest.mode}) consumes {need:,.1f}" if fastest else "(not measured)"
-            parts.append(
+            text = (
                 f"Data module (train_set {a.train_set}, batch {a.batch}, LR patch {a.patch}): "
-                f"{rates} delivered. The fastest EDSR-baseline step {consumer} patches/s: "
-                + ", ".join(f"{k} {v / need:,.0f}x" for k, v in self.loader.items())
-                + " headroom."
+                f"{rates} delivered."
             )
+            if fastest:  # the headroom needs a measured step
+                text += (
+                    f" The fastest EDSR-baseline step ({fastest.mode}) consumes {need:,.1f} "
+                    "patches/s: "
+                    + ", ".join(f"{k} {v / need:,.0f}x" for k, v in self.loader.items())
+                    + " headroom."
+                )
+            parts.append(text)
         parts += self.notes
         text = "\n\n".join(parts) + "\n"
         print("\n" + text)

@@ -18,7 +18,7 @@ from sr_lightning.data.download import (
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """The command-line parser of ``python -m sr_lightning.data.download``."""
+    """The command-line parser of ``sr-download``."""
     p = argparse.ArgumentParser(
         prog="sr-download",
         description="Download and unpack DIV2K or the SR benchmark sets into the layout the "

@@ -20,7 +20,7 @@ from sr_lightning.models import count_trainable, describe, record
 from sr_lightning.models.checkpoint import load_network
 from sr_lightning.runs.results import format_table
 from sr_lightning.training.console import quiet_library_noise
-from sr_lightning.training.evaluation import save_results, test_rows, trainer_for
+from sr_lightning.training.evaluation import evaluate, save_results
 
 log = logging.getLogger(__name__)
 
@@ -52,8 +52,7 @@ def run_eval(cfg: DictConfig) -> list[dict]:
         net, name = eval_network(cfg)
         evaluate_every_scale_of_the_network(cfg, list(net.scales))
         module, datamodule = build_evaluation(cfg, net)
-        datamodule.check_sets(train=False)  # a missing set or corrupt image: named, no number
-        rows, images = test_rows(trainer_for(cfg.device), module, datamodule, name)
+        rows, images = evaluate(module, datamodule, name, cfg.device)
     except (FileNotFoundError, ImageError, ValueError) as e:
         log.error("%s", e)
         raise SystemExit(1) from None

@@ -39,5 +39,4 @@ def build_evaluation(cfg: DictConfig, net: nn.Module) -> tuple[SRLitModule, SRDa
     the same ``cfg.data`` (its ``benchmarks`` are the test sets; nothing is trained)."""
     datamodule: SRDataModule = hydra.utils.instantiate(cfg.data, val_sets=[])
     module: SRLitModule = hydra.utils.instantiate(cfg.model, net=net, init_from=None)
-    check_scales(module.net, datamodule.scales)
     return module, datamodule

@@ -166,15 +166,14 @@ def resolve_sweep_init(cfg: DictConfig) -> None:
     candidates = []
     for path in job_folders(here.path.parent):
         job = RunFolder(path)
-        if job.path == here.path or not job.recorded_config.is_file() or not job.finished():
+        summary = job.read_summary() if job.path != here.path else None
+        if not summary or summary.get("status") != "completed":
+            continue
+        if not job.recorded_config.is_file():
             continue
         recorded = OmegaConf.load(job.recorded_config)
         best = job.best_checkpoint()
-        if (
-            job.finished()["status"] == "completed"
-            and list(recorded.data.scales) == [scale]
-            and best
-        ):
+        if list(recorded.data.scales) == [scale] and best:
             same_seed = recorded.get("seed") == cfg.get("seed")  # a seed sweep pairs by seed
             candidates.append((same_seed, best))
     if not candidates:

@@ -18,7 +18,6 @@ reader of a whole job (:mod:`.job`) are the only code that looks inside a folder
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -49,14 +48,14 @@ NAMES = {
 FINISHED = ("completed", "diverged")  # a sweep run again does not train these jobs twice
 
 
-@dataclass(frozen=True)
 class RunFolder:
     """The folder of one run: its file paths, finders and atomic writers."""
 
-    path: Path
-
     def __init__(self, path: str | Path):
-        object.__setattr__(self, "path", Path(path).expanduser())
+        self.path = Path(path).expanduser()
+
+    def __repr__(self) -> str:
+        return f"RunFolder({str(self.path)!r})"
 
     # ---- paths --------------------------------------------------------------------------
     @property

@@ -4,6 +4,7 @@ sweep-skip rules all read run folders through :func:`read_job` / :func:`read_swe
 
 from __future__ import annotations
 
+import functools
 import math
 import re
 from dataclasses import dataclass, field
@@ -57,8 +58,10 @@ class Job:
         """``(step, value)`` of ``key`` from ``history.csv``, non-finite values dropped."""
         return [(s, v) for s, k, v in self.history if k == key and math.isfinite(v)]
 
+    @functools.cached_property
     def per_image(self) -> dict[tuple[str, int, str], float]:
-        """(set, scale, image) -> test PSNR of the job's network; empty without results."""
+        """(set, scale, image) -> test PSNR of the job's network; empty without results. Read
+        once (a job is in several ablation pairs)."""
         if not self.folder.per_image.is_file():
             return {}
         rows = read_per_image(self.folder.path)

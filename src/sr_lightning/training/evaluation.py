@@ -9,10 +9,8 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
 
 import lightning as L
-from torch import nn
 
 from sr_lightning.data.datamodule import SRDataModule
 from sr_lightning.models import check_scales, describe, record
@@ -77,18 +75,15 @@ def log_result_tables(trainer: L.Trainer, rows: list[dict], images: list[dict]) 
 
 
 def evaluate(
-    net: nn.Module,
+    module: SRLitModule,
     datamodule: SRDataModule,
-    *,
     model_name: str | None = None,
     device: str = "auto",
-    **module_options: Any,
 ) -> tuple[list[dict], list[dict]]:
-    """Score ``net`` on ``datamodule``'s benchmarks at its scales, from Python (a notebook):
-    (result rows, per-image rows). ``module_options`` are :class:`SRLitModule`'s evaluation
-    switches (``self_ensemble``, ``val_tile``, ``val_tile_overlap``)."""
-    check_scales(net, datamodule.scales)
+    """Score ``module``'s network on ``datamodule``'s benchmarks at its scales, in one fp32
+    process: (result rows, per-image rows). What ``eval.py`` runs, and a notebook can too:
+    ``evaluate(SRLitModule(net, self_ensemble=True), SRDataModule(...))``."""
+    check_scales(module.net, datamodule.scales)
     datamodule.check_sets(train=False)  # a missing set or corrupt image: named, no number
-    module = SRLitModule(net, **module_options)
-    name = model_name or describe(record(net))
+    name = model_name or describe(record(module.net))
     return test_rows(trainer_for(device), module, datamodule, name)
