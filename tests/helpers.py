@@ -198,11 +198,12 @@ def score(
     cache_dir: str | Path | None = None,
     protocol: str = "auto",
     degradation: str = "bicubic",
-    div2k_val_range: tuple[int, int] = (801, 810),
+    div2k_test_range: tuple[int, int] = (811, 900),
     device: str = "auto",
     **module_options: Any,
 ) -> list[dict]:
-    """The result rows of ``net`` on ``sets`` x ``scales`` (the evaluation engine's)."""
+    """The result rows of ``net`` on ``sets`` x ``scales`` (the evaluation engine's; the sets
+    are test sets: the sample's ``test`` photos, DIV2K images ``div2k_test_range``)."""
     datamodule = SRDataModule(
         root=str(root),
         scales=list(scales),
@@ -212,7 +213,7 @@ def score(
         cache_dir=str(cache_dir) if cache_dir else None,
         protocol=protocol,
         degradation=degradation,
-        div2k_val_range=div2k_val_range,
+        div2k_test_range=div2k_test_range,
     )
     rows, _ = evaluate(SRLitModule(net, **module_options), datamodule, model_name, device)
     return rows

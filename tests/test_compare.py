@@ -60,11 +60,14 @@ def test_compare_two_seeds_with_a_paired_ci_checked_by_hand(two_seeds, tmp_path,
     contains_zero = mean - half <= 0 <= mean + half
     assert cells[8].startswith("no detectable difference") == contains_zero
     worst = min(sorted(pa), key=lambda i: pb[i] - pa[i])
-    assert f"where B loses most: {worst} (" in md
-    from PIL import Image
+    if pb[worst] < pa[worst]:
+        assert f"where B loses most: {worst} (" in md
+        from PIL import Image
 
-    with Image.open(tmp_path / "compare.png") as im:  # A | B | HR crops of that image
-        im.verify()
+        with Image.open(tmp_path / "compare.png") as im:  # A | B | HR crops of that image
+            im.verify()
+    else:
+        assert "B loses on no image" in md
     assert "Set5" in capsys.readouterr().out
 
 
@@ -106,3 +109,17 @@ def test_verdict_states_the_winners_lead_with_its_own_interval():
     assert verdict(mean_interval([-0.1, 0.2, 0.05]), "a", "b").startswith(
         "no detectable difference (b - a = +0.050 dB, 95% CI [-"
     )
+
+
+def test_two_images_are_too_few_to_tell_and_a_win_everywhere_lists_no_loss(tmp_path, capsys):
+    """+1.5 dB on 2 of 2 images: no interval, no verdict, and no "where B loses most"."""
+    two = [r for r in set5_rows(31.0) if r["image"] in ("baby", "bird")]
+    better = [{**r, "psnr": r["psnr"] + 1.5 * (r["model"] != "bicubic")} for r in two]
+    a = write_job(tmp_path / "a", per_image=two).path
+    b = write_job(tmp_path / "b", per_image=better).path
+    assert main([str(a), str(b), "--out", str(tmp_path / "out")]) == 0
+    md = (tmp_path / "out" / "compare.md").read_text()
+    assert "too few images to tell (2; needs 3 or more)" in md
+    assert "no detectable difference" not in md and "2 / 0" in md
+    assert "Set5 x2, B loses on no image" in md and "loses most" not in md
+    assert not (tmp_path / "out" / "compare.png").exists()

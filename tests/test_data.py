@@ -144,7 +144,7 @@ def test_sample_data_trains_and_validates(tmp_path):
     )
     dm.prepare_data()
     dm.setup("fit")
-    assert len(dm.train_data.images[3]) == 14 and [len(d) for d in dm.val_data] == [2]
+    assert len(dm.train_data.images[3]) == 12 and [len(d) for d in dm.val_data] == [2]
     item = dm.val_data[0][0]
     assert item["hr"].shape[-2:] == tuple(3 * s for s in item["lr"].shape[-2:])
 
@@ -210,10 +210,10 @@ def test_bad_config_values_name_the_key(tmp_path, key, value, match):
 
 def test_sample_dir_drops_images_its_version_does_not_list(tmp_path):
     pytest.importorskip("skimage", reason="data=sample needs scikit-image")
-    from sr_lightning.data.sample import SAMPLE_TRAIN, SAMPLE_VAL, sample_dir
+    from sr_lightning.data.sample import SAMPLE_SPLITS, sample_dir
 
     root = sample_dir(tmp_path)
     (root / "val" / "chelsea.png").write_bytes((root / "val" / "coffee.png").read_bytes())
-    sample_dir(tmp_path)  # e.g. an image moved from val to train by a newer version
-    assert sorted(p.stem for p in (root / "val").glob("*.png")) == sorted(SAMPLE_VAL)
-    assert sorted(p.stem for p in (root / "train").glob("*.png")) == sorted(SAMPLE_TRAIN)
+    sample_dir(tmp_path)  # e.g. an image moved from val to test by a newer version
+    for split, names in SAMPLE_SPLITS.items():
+        assert sorted(p.stem for p in (root / split).glob("*.png")) == sorted(names)

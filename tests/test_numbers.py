@@ -201,7 +201,7 @@ def div2k_folder(data_root: Path, root: Path) -> Path:
 
 def test_div2k_is_scored_on_rgb_with_border_scale_plus_6(tmp_path, data_root):
     root = div2k_folder(data_root, tmp_path / "data")
-    kwargs = {"model_name": "bicubic", "div2k_val_range": (801, 803), "cache_dir": tmp_path / "c"}
+    kwargs = {"model_name": "bicubic", "div2k_test_range": (801, 803), "cache_dir": tmp_path / "c"}
     (row,) = score(Bicubic(), root, ["DIV2K"], [3], **kwargs)
     assert row["protocol"] == {
         "channels": "rgb",

@@ -47,8 +47,8 @@ def test_train_end_to_end_writes_results_and_checkpoints(tmp_path, sample_cache)
 
     with open(run / "per_image.csv", newline="") as f:
         per_image = list(csv.DictReader(f))
-    assert {(r["model"], r["image"]) for r in per_image} == {
-        (m, i) for m in ("edsr 1x8", "bicubic") for i in ("astronaut", "coffee")
+    assert {(r["model"], r["image"]) for r in per_image} == {  # the held-out test photos
+        (m, i) for m in ("edsr 1x8", "bicubic") for i in ("chelsea", "immunohistochemistry")
     }
     for row in rows:  # results.json's mean is the mean of the per-image rows
         values = [float(r["psnr"]) for r in per_image if r["model"] == row["model"]]

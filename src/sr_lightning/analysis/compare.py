@@ -2,10 +2,11 @@
 
 A and B are run folders (their ``per_image.csv``, written by ``train.py``'s test and by
 ``eval.py``) or per-image CSVs. Per set and scale: the mean PSNR of each, the mean paired
-difference B - A with its 95% t confidence interval over the images, wins and losses, and the
-five images where B loses most. Run-to-run noise in SR is 0.01-0.1 dB: an interval that holds
-0 says the two cannot be told apart on these images. Writes ``compare.md`` and, for two run
-folders, ``compare.png``: the crops of the image where B loses most, from both networks.
+difference B - A with its 95% t confidence interval over the images (below 3 images: "too
+few images to tell"), wins and losses, and up to five images where B loses most.
+Run-to-run noise in SR is 0.01-0.1 dB: an interval that holds 0 says the two cannot be told
+apart on these images. Writes ``compare.md`` and, for two run folders, ``compare.png``: the
+crops of the image where B loses most, from both networks.
 Refuses pairs whose image lists or protocols differ, naming what differs.
 """
 
@@ -17,7 +18,7 @@ from pathlib import Path
 
 import torch
 
-from sr_lightning.analysis.stats import Interval, mean_interval, verdict
+from sr_lightning.analysis.stats import MIN_RUNS, Interval, mean_interval, verdict
 from sr_lightning.core.inference import receptive_radius, super_resolve
 from sr_lightning.core.metrics import quantize
 from sr_lightning.data.datasets import Pair, aligned_pair
@@ -56,8 +57,16 @@ class Comparison:
         return sum(d < 0 for d in self.diffs)
 
     def worst(self, k: int = 5) -> list[tuple[str, float]]:
-        """The ``k`` images where B loses most (most negative B - A first)."""
-        return sorted(zip(self.images, self.diffs, strict=True), key=lambda t: t[1])[:k]
+        """Up to ``k`` images where B loses (most negative B - A first); none if B never
+        loses."""
+        lost = [(name, d) for name, d in zip(self.images, self.diffs, strict=True) if d < 0]
+        return sorted(lost, key=lambda t: t[1])[:k]
+
+    def verdict(self) -> str:
+        """The paired verdict, or ``too few images to tell`` below :data:`MIN_RUNS` images."""
+        if len(self.images) < MIN_RUNS:
+            return f"too few images to tell ({len(self.images)}; needs {MIN_RUNS} or more)"
+        return verdict(self.diff)
 
 
 def pair_up(a_rows: list[dict], b_rows: list[dict]) -> list[Comparison]:
@@ -103,11 +112,12 @@ def markdown(comparisons: Sequence[Comparison], a: str, b: str) -> str:
         d = c.diff
         lines.append(
             f"| {c.dataset} | x{c.scale} | {c.protocol} | {d.n} | {sum(c.a) / d.n:.3f} | "
-            f"{sum(c.b) / d.n:.3f} | {d} | {c.wins} / {c.losses} | {verdict(d)} |"
+            f"{sum(c.b) / d.n:.3f} | {d} | {c.wins} / {c.losses} | {c.verdict()} |"
         )
     for c in comparisons:
         worst = ", ".join(f"{name} ({diff:+.3f})" for name, diff in c.worst())
-        lines += ["", f"{c.dataset} x{c.scale}, where B loses most: {worst}"]
+        where = f"where B loses most: {worst}" if worst else "B loses on no image"
+        lines += ["", f"{c.dataset} x{c.scale}, {where}"]
     return "\n".join(lines) + "\n"
 
 
@@ -155,5 +165,7 @@ def compare(a: str | Path, b: str | Path, out: str | Path | None = None) -> tupl
     text = markdown(comparisons, str(a), str(b))
     (out / "compare.md").write_text(text)
     if a.is_dir() and b.is_dir() and comparisons:
-        worst_image_png(min(comparisons, key=lambda c: c.diff.mean), a, b, out)
+        losing = [c for c in comparisons if c.worst(1)]
+        if losing:
+            worst_image_png(min(losing, key=lambda c: c.worst(1)[0][1]), a, b, out)
     return text, out

@@ -4,7 +4,8 @@ Reads each job's ``.hydra/overrides.yaml``, ``summary.json``, ``history.csv`` an
 ``per_image.csv`` (written by ``train.py``) and writes ``report.md``, ``report.csv``,
 ``val_psnr.png`` (validation PSNR vs step, one line per job) and ``final_psnr.png`` (best
 validation PSNR per job). A sweep over ``seed`` also gets, per setting, the mean over seeds
-with a 95% t interval, the ablation pairs' paired per-image differences with a verdict, and
+with a 95% t interval, the ablation pairs' differences at the level of the training run
+(per-seed means of the per-image differences, a t interval over seeds) with a verdict, and
 ``val_psnr_groups.png`` (validation PSNR against updates and minutes, with CI bands).
 """
 
@@ -26,9 +27,18 @@ from sr_lightning.analysis.seeds import (
     plot_groups,
     seed_groups,
     seeds_swept,
+    set_order,
 )
 from sr_lightning.runs.job import PSNR_KEY, Job, read_sweep
 from sr_lightning.training.wandb_mode import wandb_mode
+
+PAIRS_METHOD = (
+    "Unit: the training run. Per seed, the mean over a set's images of B - A; the verdict is "
+    "a 95% t interval over the seeds (df = seeds - 1), none below 3 seeds. Primary set: "
+    "{primary} (the first test set); the other sets are secondary, scored on the same "
+    "networks (not independent evidence), their verdicts Holm-corrected per pair. Pairs are "
+    "not corrected across each other."
+)
 
 # the columns beside each PSNR column: its SSIM and the bicubic level of the same set
 METRIC_KEY = re.compile(r"^val/([^/]+)/x(\d+)/(psnr|ssim|bicubic_psnr)(?: \[(.+)\])?$")
@@ -324,17 +334,21 @@ def build_report(
     if seeds_swept(jobs):
         keys = [k for k in swept_keys(jobs) if k != SEED]
         groups = seed_groups(jobs)
-        pairs = pairings(groups, keys)
+        order = set_order(jobs)
+        pairs = pairings(groups, keys, order)
         psnr = [c for c in columns if PSNR_KEY.match(c)]
         sections = [
             "## Over seeds: mean and 95% t interval per setting (completed jobs)",
             "",
             *group_lines(groups, keys, psnr, title),
             "",
-            "## Ablation pairs: test PSNR differences, paired by seed and image",
+            "## Ablation pairs: test PSNR differences at the level of the training run",
             "",
-            *([p.line() for p in pairs] or ["- none (no setting pairs that differ in one key)"]),
-        ]
+            PAIRS_METHOD.format(primary=order[0] if order else "-"),
+            "",
+            *([line for p in pairs for line in p.lines()] or ["- none (no setting pairs that "
+                                                              "differ in one key)"]),
+        ]  # fmt: skip
         pngs.append(plot_groups(groups, keys, out))
     write_markdown(md_path, sweep_dir, columns, rows, pngs, notes, sections)
     if wandb:

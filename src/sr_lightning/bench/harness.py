@@ -42,7 +42,7 @@ from sr_lightning.bench.step import (
 )
 from sr_lightning.bench.table import HEADER, Row, git_commit, machine, markdown, print_row
 from sr_lightning.config.resolvers import PACKAGE_CHECKOUT, data_root
-from sr_lightning.core.inference import default_device
+from sr_lightning.core.inference import convs_in_tf32, default_device
 from sr_lightning.training.compile import CompiledOrEager
 from sr_lightning.training.flops import matmul_peak, train_step_flops
 
@@ -295,7 +295,7 @@ class Bench:
         stamp = datetime.datetime.now().strftime("%Y-%m-%d %H:%M")
         dtype = str(self.peak_dtype).replace("torch.", "")
         net = "".join(f", {k} {v}" for k, v in self.net_args.items())
-        tf32 = "; fp32 convolutions run in TF32" if torch.backends.cudnn.allow_tf32 else ""
+        tf32 = "; fp32 convolutions run in TF32" if convs_in_tf32() else ""
         fp32 = f" (fp32 matmul: {self.peak_fp32 / 1e12:.3f}{tf32})"
         head = (
             f"### {stamp}, {machine(self.device)}, torch {torch.__version__}, "

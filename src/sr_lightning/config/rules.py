@@ -27,6 +27,8 @@ SPAWNED = {
     "ddp": "ddp_spawn",
     "ddp_find_unused_parameters_true": "ddp_spawn_find_unused_parameters_true",
 }
+# Lightning's spellings that keep the weights in fp32 (bf16/16: its aliases of the -mixed ones)
+PRECISIONS = ("32-true", "32", "bf16-mixed", "bf16", "16-mixed", "16")
 
 
 def several_processes(cfg: DictConfig) -> bool:
@@ -44,6 +46,20 @@ def refuse_untrainable_model(cfg: DictConfig) -> None:
             "model=bicubic has nothing to train: score it with eval.py model=bicubic "
             "(train.py prints the bicubic rows next to every trained model)"
         )
+
+
+def refuse_precision_that_casts_the_weights(cfg: DictConfig) -> None:
+    """``trainer.precision`` keeps fp32 weights: validation, the test and ``eval.py`` run the
+    network in fp32 (:func:`~sr_lightning.core.inference.super_resolve`), which a precision
+    that casts the weights (bf16-true, 16-true, 64-true, transformer-engine) cannot run."""
+    value = cfg.trainer.get("precision")
+    if value is None or str(value) in PRECISIONS:
+        return
+    raise ValueError(
+        f"trainer.precision={value!r}: allowed values are {list(PRECISIONS)}; a precision "
+        "that casts the weights (bf16-true, 16-true, 64-true, transformer-engine) cannot run "
+        "the fp32 evaluation (validation, test, eval.py): train in bf16-mixed or 16-mixed"
+    )
 
 
 def find_unused_parameters_for_multiscale(cfg: DictConfig) -> None:
@@ -204,6 +220,7 @@ def average_the_weights(cfg: DictConfig) -> None:
 
 RULES = (
     refuse_untrainable_model,
+    refuse_precision_that_casts_the_weights,
     find_unused_parameters_for_multiscale,
     spawn_ddp_under_multirun,
     continue_an_interrupted_sweep_job,

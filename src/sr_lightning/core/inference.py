@@ -43,14 +43,36 @@ def network_precision(device_type: str, precision: str = "fp32") -> Iterator[Non
         with torch.autocast(device_type, dtype=PRECISIONS[precision]):
             yield
         return
-    conv, matmul = torch.backends.cudnn.conv, torch.backends.cuda.matmul
-    saved = conv.fp32_precision, matmul.fp32_precision
-    conv.fp32_precision = matmul.fp32_precision = "ieee"
+    saved = set_tf32(False)
     try:
         with torch.autocast(device_type, enabled=False):
             yield
     finally:
-        conv.fp32_precision, matmul.fp32_precision = saved
+        set_tf32(*saved)
+
+
+def convs_in_tf32() -> bool:
+    """Whether cuDNN runs fp32 convolutions in TF32 (torch's default). The legacy getter
+    ``cudnn.allow_tf32`` raises once the new API set convolutions to ``"ieee"``: read the new
+    setting first."""
+    value = torch.backends.cudnn.conv.fp32_precision
+    if value != "none":
+        return value == "tf32"
+    try:
+        return bool(torch.backends.cudnn.allow_tf32)
+    except RuntimeError:
+        return False
+
+
+def set_tf32(convs: bool, matmuls: bool | None = None) -> tuple[bool, bool]:
+    """fp32 cuDNN convolutions (and RNNs) and matmuls in TF32 or IEEE fp32, process-wide;
+    returns the previous ``(convs, matmuls)``. Set through the legacy flags on purpose: the new
+    API's ``"ieee"`` makes the legacy getter ``cudnn.allow_tf32`` raise, and torch.export
+    reads it."""
+    saved = convs_in_tf32(), bool(torch.backends.cuda.matmul.allow_tf32)
+    torch.backends.cudnn.allow_tf32 = convs
+    torch.backends.cuda.matmul.allow_tf32 = convs if matmuls is None else matmuls
+    return saved
 
 
 def dihedral(x: torch.Tensor, k: int) -> torch.Tensor:

@@ -68,6 +68,35 @@ def per_device_batch(batch_size: int, world_size: int) -> int:
     return batch_size // world_size
 
 
+VALIDATION_SUFFIX = " (validation)"  # the label of a test set scored on validation images
+
+
+def label_validation_overlap(
+    test_sets: Sequence[EvalDataset], val_sets: Sequence[EvalDataset]
+) -> list[EvalDataset]:
+    """``test_sets``, each one that shares HR images with a validation set at its scale
+    relabelled (in place) ``"<name> (validation)"`` (e.g. ``Set5 (validation)``).
+
+    Validation chooses the best checkpoint, so a test number on any of those images is biased
+    upward: ``data.val_sets=[Set5]`` with ``data.benchmarks=[Set5]``, a folder given under
+    two names, or DIV2K test and validation ranges that overlap (the paper's 801-900 table
+    with the default validation images 801-810). Images are the same when their resolved HR
+    paths are. The label is the set's name everywhere downstream: the ``dataset`` column of
+    ``results.json`` and ``per_image.csv``, the ``test/<set>/x<s>/...`` metric keys and the
+    printed table.
+    """
+    seen: dict[int, set[Path]] = {}
+    for data in val_sets:
+        seen.setdefault(data.scale, set()).update(p.hr.resolve() for p in data.pairs)
+    out = []
+    for data in test_sets:
+        shared = seen.get(data.scale, set()) & {p.hr.resolve() for p in data.pairs}
+        if shared and not data.name.endswith(VALIDATION_SUFFIX):
+            data.name = data.name + VALIDATION_SUFFIX
+        out.append(data)
+    return out
+
+
 SIGTERM_GRACE_S = 30.0  # a worker SIGTERMed while its parent trains on stops after this
 _PARENT_EXITING: Any = None
 
@@ -117,8 +146,12 @@ class SRDataModule(L.LightningDataModule):
       with the MATLAB-exact imresize), 8 dihedral augmentations, one scale per batch drawn
       among ``scales``, ``updates_per_epoch`` batches per epoch of ``batch_size`` patches in
       all (the global batch: each of N processes takes ``batch_size / N``);
-    - val: whole images of ``val_sets`` at every scale (one dataloader per set and scale);
-    - test: the ``benchmarks`` at every scale.
+    - val: whole images of ``val_sets`` at every scale (one dataloader per set and scale):
+      the ``val`` split of ``sample``, DIV2K images ``div2k_val_range``;
+    - test: the ``benchmarks`` at every scale: the held-out ``test`` split of ``sample``,
+      DIV2K images ``div2k_test_range``. A test set that shares HR images with a validation set
+      (the images that chose the checkpoint) is labelled ``"<set> (validation)"``, see
+      :func:`label_validation_overlap`.
     Each evaluation set is scored with its protocol (``protocol``: ``auto`` chooses by set,
     see ``datasets.protocol_for``).
     ``degradation``: HR -> LR for training and evaluation alike, ``bicubic`` (the LR files) or
@@ -141,6 +174,7 @@ class SRDataModule(L.LightningDataModule):
         train_range: Sequence[int] = (1, 800),
         val_sets: Sequence[str] = (DIV2K_VAL,),
         div2k_val_range: Sequence[int] = (801, 810),
+        div2k_test_range: Sequence[int] = (811, 900),
         updates_per_epoch: int = 1000,
         augment: bool = True,
         cache_dir: str | None = None,
@@ -161,6 +195,7 @@ class SRDataModule(L.LightningDataModule):
         self.train_range = tuple(train_range)
         self.val_sets = list(val_sets)
         self.div2k_val_range = tuple(div2k_val_range)
+        self.div2k_test_range = tuple(div2k_test_range)
         self.updates_per_epoch = updates_per_epoch
         self.augment = augment
         self.cache_dir = Path(cache_dir).expanduser() if cache_dir else None
@@ -175,6 +210,7 @@ class SRDataModule(L.LightningDataModule):
         self.train_data: PatchBatches | None = None
         self.val_data: list[EvalDataset] = []
         self.test_data: list[EvalDataset] = []
+        self._described = False  # the evaluation sets are logged once, at the first setup
 
     def validate(self) -> None:
         """Refuse bad values before anything is loaded, naming the key."""
@@ -193,6 +229,33 @@ class SRDataModule(L.LightningDataModule):
         if self.num_workers < 0:
             raise ValueError(f"data.num_workers={self.num_workers} must be >= 0")
         check_degradation(self.degradation)
+        for key, value in (
+            ("data.div2k_val_range", self.div2k_val_range),
+            ("data.div2k_test_range", self.div2k_test_range),
+        ):
+            if not (
+                len(value) == 2
+                and all(isinstance(v, int) for v in value)
+                and 1 <= value[0] <= value[1]
+            ):
+                raise ValueError(
+                    f"{key}={list(value)} must be [first, last] DIV2K image numbers, "
+                    f"1 <= first <= last (validation {list(self.div2k_val_range)}, "
+                    f"test {list(self.div2k_test_range)})"
+                )
+
+    def describe_sets(self) -> str:
+        """``validation: DIV2K 801-810; test: Set5, DIV2K 811-900`` (logged at setup)."""
+
+        def names(sets: Sequence[str], div2k_range: tuple[int, ...]) -> str:
+            first, last = div2k_range
+            named = [f"{s} {first}-{last}" if s == DIV2K_VAL else s for s in sets]
+            return ", ".join(named) or "none"
+
+        return (
+            f"validation: {names(self.val_sets, self.div2k_val_range)}; "
+            f"test: {names(self.benchmarks, self.div2k_test_range)}"
+        )
 
     # ---- training -------------------------------------------------------------------------
     def train_pairs(self, scale: int) -> list[Pair]:
@@ -219,14 +282,15 @@ class SRDataModule(L.LightningDataModule):
         return images
 
     def check_sets(self, train: bool = True, decode: bool = True) -> None:
-        """Find every data set the run will read (training set, validation and test sets)
-        and decode the evaluation images into the cache (``decode``), before the first
-        update: a wrong ``data.root`` or a corrupt file fails now, naming it, not after
-        hours of training."""
+        """Find every data set the run will read (training set, validation and test sets,
+        each in the split and DIV2K range it will use) and decode the evaluation images into
+        the cache (``decode``), before the first update: a wrong ``data.root`` or a corrupt
+        file fails now, naming it, not after hours of training."""
         if train:
             for scale in self.scales:
                 self.train_pairs(scale)
-        for data in self._eval_sets([*self.val_sets, *self.benchmarks], split="val"):
+        val, test = self._eval_sets(self.val_sets, "val"), self._eval_sets(self.benchmarks, "test")
+        for data in [*val, *test]:
             for pair in data.pairs if decode else ():
                 aligned_pair(pair, data.scale, self.cache_dir)
 
@@ -238,6 +302,9 @@ class SRDataModule(L.LightningDataModule):
 
     def setup(self, stage: str | None = None) -> None:
         rank, world = self._rank_world()
+        if rank == 0 and not self._described:
+            log.info("evaluation sets: %s", self.describe_sets())
+            self._described = True
         if stage in ("fit", None):
             self.per_device_batch_size = per_device_batch(self.batch_size, world)
             self.train_data = PatchBatches(
@@ -253,16 +320,33 @@ class SRDataModule(L.LightningDataModule):
         if stage in ("fit", "validate", None):
             self.val_data = self._eval_sets(self.val_sets, split="val")
         if stage in ("test", None):
-            self.test_data = self._eval_sets(self.benchmarks, split="val")
+            self.test_data = self.test_sets()
+
+    def test_sets(self) -> list[EvalDataset]:
+        """The ``benchmarks`` (split ``test``, DIV2K ``div2k_test_range``) at every scale,
+        each labelled ``"<set> (validation)"`` where it shares images with a validation set
+        (:func:`label_validation_overlap`)."""
+        val = self.val_data or self._eval_sets(self.val_sets, "val")
+        sets = label_validation_overlap(self._eval_sets(self.benchmarks, "test"), val)
+        shared = list(dict.fromkeys(d.name for d in sets if d.name.endswith(VALIDATION_SUFFIX)))
+        if shared and self._rank_world()[0] == 0:
+            log.warning("test sets that share images with validation, so labelled: %s", shared)
+        return sets
 
     def _eval_sets(self, names: Sequence[str], split: str) -> list[EvalDataset]:
+        """``names`` at every scale: ``split`` ``val`` (the validation sets: the sample's
+        ``val`` photos, DIV2K ``div2k_val_range``) or ``test`` (the test sets: the sample's
+        ``test`` photos, DIV2K ``div2k_test_range``)."""
+        if split not in ("val", "test"):
+            raise ValueError(f"split={split!r}: 'val' or 'test'")
+        div2k_range = self.div2k_val_range if split == "val" else self.div2k_test_range
         return [
             eval_dataset(
                 self.root,
                 name,
                 scale,
                 self.cache_dir,
-                self.div2k_val_range,
+                div2k_range,
                 split,
                 self.protocol,
                 self.degradation,

@@ -88,7 +88,13 @@ class ResidualTrunk(nn.Module):
     Modules are registered in the reference code's order (the mean shifts first, a subclass's
     scale-specific modules, then :meth:`add_trunk`, then the tail), so that a seed initialises
     the same weights.
+
+    ``fp32_output`` (default True; not a weight, so not in ``model_args``): under autocast the
+    last conv and the mean add run in fp32 (:meth:`reconstruct`). In bf16 the output grid above
+    128 (rgb_range 255) is the integers, so a bf16 output quantises the image the L1 loss sees.
     """
+
+    fp32_output: bool = True
 
     def __init__(
         self,
@@ -112,6 +118,14 @@ class ResidualTrunk(nn.Module):
         }
         self.sub_mean = MeanShift(rgb_range, sign=-1)
         self.add_mean = MeanShift(rgb_range, sign=+1)
+
+    def reconstruct(self, x: torch.Tensor, last: nn.Module) -> torch.Tensor:
+        """``add_mean(last(x))``: the final conv and the mean add, in fp32 under any autocast
+        (the input cast up) unless ``fp32_output`` is False; the body keeps the autocast dtype."""
+        if self.fp32_output and x.device.type != "meta":  # meta: FLOP counting, no autocast
+            with torch.autocast(x.device.type, enabled=False):
+                return self.add_mean(last(x.float()))
+        return self.add_mean(last(x))
 
     def add_trunk(self) -> None:
         """``head`` (conv 3 -> F) and ``body`` (the ResBlocks and a conv F -> F)."""

@@ -65,9 +65,11 @@ def build_net(
     res_scale: float | None = None,
     norm: str = "none",
     rgb_range: float = 255.0,
+    fp32_output: bool = True,
 ) -> nn.Module:
     """The network of ``preset`` for ``scales`` (``None``: the preset's); ``None`` arguments
-    take the preset's value. EDSR is single-scale: more than one scale is refused."""
+    take the preset's value. EDSR is single-scale: more than one scale is refused.
+    ``fp32_output``: the last conv and mean add in fp32 under autocast (ResidualTrunk)."""
     p = get_preset(preset)
     scales = [int(s) for s in (scales if scales is not None else p.scales)]
     args = {
@@ -77,7 +79,10 @@ def build_net(
         "norm": norm,
         "rgb_range": rgb_range,
     }
-    return build_from_record({"arch": p.arch, "scales": scales, **args})
+    net = build_from_record({"arch": p.arch, "scales": scales, **args})
+    if hasattr(net, "reconstruct"):
+        net.fp32_output = bool(fp32_output)
+    return net
 
 
 def record(net: nn.Module) -> dict[str, Any]:

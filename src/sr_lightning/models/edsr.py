@@ -40,4 +40,4 @@ class EDSR(ResidualTrunk):
         check_rgb(x)
         x = self.head(self.sub_mean(x))
         x = self.body(x) + x
-        return self.add_mean(self.tail(x))
+        return self.reconstruct(self.tail[0](x), self.tail[1])  # upsampler, then the last conv

@@ -63,4 +63,4 @@ class MDSR(ResidualTrunk):
         k = self.scales.index(int(scale))
         x = self.pre_process[k](self.head(self.sub_mean(x)))
         x = self.body(x) + x  # the global skip starts after the scale-specific module
-        return self.add_mean(self.tail(self.upsample[k](x)))
+        return self.reconstruct(self.upsample[k](x), self.tail[0])

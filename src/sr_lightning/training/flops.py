@@ -1,7 +1,9 @@
-"""Model FLOPs of a training step and the machine's practical peak: what MFU is made of.
+"""Model FLOPs of a training step and the machine's practical peak (a measured matmul rate,
+below the device's rated peak): the two terms of the throughput callback's
+``train/frac_of_matmul_peak`` (an MFU only against a rated ``peak_tflops``).
 
-Used by the throughput callback (``train/tflops``, ``train/mfu`` in every run) and by the
-benchmark harness (``sr-bench``); light to import (torch only).
+Used by the throughput callback (``train/tflops``, ``train/frac_of_matmul_peak`` in every run)
+and by the benchmark harness (``sr-bench``); light to import (torch only).
 """
 
 from __future__ import annotations
@@ -22,7 +24,8 @@ def sync(device: str | torch.device) -> None:
 def matmul_peak(
     device: str | torch.device, dtype: torch.dtype, n: int | None = None, repeats: int = 10
 ) -> float:
-    """FLOP/s of a large square matmul (median of ``repeats``): the practical peak."""
+    """FLOP/s of a large square matmul (median of ``repeats``): the practical peak, measured
+    (not the device's rated peak)."""
     cuda = torch.device(device).type == "cuda"
     n = n or (8192 if cuda else 2048)
     a = torch.randn(n, n, device=device, dtype=dtype)

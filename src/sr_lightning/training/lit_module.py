@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from sr_lightning.core.inference import receptive_radius, super_resolve
+from sr_lightning.core.inference import receptive_radius, set_tf32, super_resolve
 from sr_lightning.core.metrics import SRMetrics
 from sr_lightning.models import Bicubic, record
 from sr_lightning.models.checkpoint import PROTOCOLS_KEY, RECORD_KEY, init_from_checkpoint
@@ -30,13 +30,21 @@ LOSSES = {"l1": F.l1_loss, "l2": F.mse_loss}
 @dataclass(frozen=True)
 class OptimRecipe:
     """The optimisation of paper Sec. 4.1 (the ``optim`` config group): L1 loss, Adam
-    (0.9, 0.999, 1e-8), learning rate 1e-4 halved every 2e5 updates."""
+    (0.9, 0.999, 1e-8), learning rate 1e-4 halved every 2e5 updates.
+
+    The schedule counts updates (optimizer steps) and multiplies the learning rate by
+    ``lr_gamma``: at each update count of ``lr_milestones`` (MultiStepLR), or, with
+    ``lr_milestones=None``, every ``lr_decay_steps`` updates (StepLR, the paper's wording).
+    Milestones, when given, win: ``lr_decay_steps`` is then not used. ``lr_milestones=[]``
+    keeps the learning rate constant.
+    """
 
     loss: str = "l1"
     lr: float = 1e-4
     betas: tuple[float, float] = (0.9, 0.999)
     eps: float = 1e-8
-    lr_decay_steps: int = 200_000
+    lr_decay_steps: int | None = 200_000
+    lr_milestones: tuple[int, ...] | None = None
     lr_gamma: float = 0.5
     ema_decay: float | None = None  # EMA of the weights (config_rules.average_the_weights)
 
@@ -49,15 +57,60 @@ class OptimRecipe:
             raise ValueError(f"optim.{unknown[0]}: unknown key; allowed keys: {allowed}")
         if "betas" in optim:
             optim["betas"] = tuple(float(b) for b in optim["betas"])
-        recipe = cls(**optim)
-        if recipe.loss not in LOSSES:
-            raise ValueError(f"optim.loss={recipe.loss!r}: allowed values are {list(LOSSES)}")
-        return recipe
+        return cls(**optim)
+
+    def __post_init__(self) -> None:
+        if self.loss not in LOSSES:
+            raise ValueError(f"optim.loss={self.loss!r}: allowed values are {list(LOSSES)}")
+        if self.lr_milestones is not None:
+            object.__setattr__(self, "lr_milestones", _milestones(self.lr_milestones))
+        elif not _positive_int(self.lr_decay_steps):
+            raise ValueError(
+                f"optim.lr_decay_steps={self.lr_decay_steps!r} with optim.lr_milestones=null: "
+                "the learning rate is decayed every optim.lr_decay_steps updates, a positive "
+                "integer (e.g. 200000); or give optim.lr_milestones, a list of update counts"
+            )
+
+    @property
+    def schedule(self) -> str:
+        """The schedule in words: ``halved every 200000 updates``, ``halved at updates
+        [200000]``, ``x0.1 at updates [100, 200]``, ``constant``."""
+        if self.lr_gamma == 1 or self.lr_milestones == ():
+            return "constant"
+        factor = "halved" if self.lr_gamma == 0.5 else f"x{self.lr_gamma:g}"
+        if self.lr_milestones is None:
+            return f"{factor} every {self.lr_decay_steps} updates"
+        return f"{factor} at updates {list(self.lr_milestones)}"
+
+
+def _positive_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value > 0
+
+
+def _milestones(value: Any) -> tuple[int, ...]:
+    """``optim.lr_milestones``: strictly increasing positive update counts, else an error."""
+    if isinstance(value, (str, bytes)) or not isinstance(value, Sequence):
+        raise ValueError(
+            f"optim.lr_milestones={value!r}: a list of update counts (e.g. [200000]), or null "
+            "for every optim.lr_decay_steps updates"
+        )
+    values = list(value)
+    bad = [m for m in values if not _positive_int(m)]
+    if bad:
+        raise ValueError(
+            f"optim.lr_milestones={values}: {bad[0]!r} is not a positive integer; the "
+            "milestones are update counts (optimizer steps), e.g. [200000]"
+        )
+    if any(b <= a for a, b in zip(values, values[1:], strict=False)):
+        raise ValueError(
+            f"optim.lr_milestones={values}: the update counts must be strictly increasing"
+        )
+    return tuple(values)
 
 
 class SRLitModule(L.LightningModule):
     """The paper's training protocol (Sec. 4.1) around any catalogued network ``net``: L1 (or
-    L2) loss, Adam, step-wise halving of the learning rate (``optim``: :class:`OptimRecipe`),
+    L2) loss, Adam, a step schedule of the learning rate (``optim``: :class:`OptimRecipe`),
     and whole-image validation/testing through :func:`~sr_lightning.core.inference.super_resolve`
     (fp32 whatever ``trainer.precision``; ``self_ensemble`` at test for EDSR+ / MDSR+).
 
@@ -81,6 +134,7 @@ class SRLitModule(L.LightningModule):
         val_tile_overlap: int | None = None,
         n_image_panels: int = 4,
         log_prefix: str = "",
+        tf32: bool = False,
     ):
         super().__init__()
         recipe = OptimRecipe.from_mapping(optim)
@@ -106,6 +160,10 @@ class SRLitModule(L.LightningModule):
         # the bicubic level of each validation set, measured once (the curves' reference line)
         self.bicubic_levels: dict[tuple[str, int], tuple[float, float]] = {}
         self.bicubic_metrics: dict[int, SRMetrics] = {}
+
+    def on_fit_start(self) -> None:
+        """fp32 is IEEE fp32 on the device unless ``model.tf32`` (training/precision.py)."""
+        set_tf32(bool(self.hparams.tf32))
 
     # ---- helpers ------------------------------------------------------------------------
     def memory_format(self, lr: torch.Tensor) -> torch.Tensor:
@@ -164,7 +222,15 @@ class SRLitModule(L.LightningModule):
             eps=r.eps,
             fused=True,  # one kernel for all parameters (CUDA and CPU)
         )
-        sched = torch.optim.lr_scheduler.StepLR(opt, step_size=r.lr_decay_steps, gamma=r.lr_gamma)
+        # stepped after every optimizer step ("interval": "step"): the schedule counts updates
+        if r.lr_milestones is not None:
+            sched = torch.optim.lr_scheduler.MultiStepLR(
+                opt, milestones=list(r.lr_milestones), gamma=r.lr_gamma
+            )
+        else:
+            sched = torch.optim.lr_scheduler.StepLR(
+                opt, step_size=r.lr_decay_steps, gamma=r.lr_gamma
+            )
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
 
     # ---- evaluation ---------------------------------------------------------------------

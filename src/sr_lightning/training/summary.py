@@ -11,11 +11,24 @@ from sr_lightning.data.datamodule import SRDataModule, per_device_batch
 from sr_lightning.models import count_trainable, describe, record
 from sr_lightning.training.callbacks import ImagesPerSecond, MetricHistory
 from sr_lightning.training.lit_module import SRLitModule
+from sr_lightning.training.precision import precision_label
+
+
+def arithmetic(trainer: L.Trainer, module: SRLitModule) -> str:
+    """``bf16-mixed, fp32 output`` / ``32-true, TF32 convs and matmuls`` / ``32-true, IEEE
+    fp32``: the training step's arithmetic (training/precision.py)."""
+    return precision_label(
+        trainer.precision,
+        tf32=bool(module.hparams.get("tf32", False)),
+        fp32_output=bool(getattr(module.net, "fp32_output", False)),
+        on_gpu=trainer.strategy.root_device.type == "cuda",
+    )
 
 
 def recipe_line(trainer: L.Trainer, module: SRLitModule, datamodule: SRDataModule) -> str:
-    """``recipe: global batch 16 = 2 nodes x 4 devices x 2, lr 0.0001 (not rescaled), ...``;
-    the split is the trainer's (an uneven one is an error naming both numbers)."""
+    """``recipe: global batch 16 = 2 nodes x 4 devices x 2, lr 0.0001 (not rescaled), halved
+    every 200000 updates, ...``: the split is the trainer's (an uneven one is an error naming
+    both numbers), the schedule the one the optimizer gets (``OptimRecipe.schedule``)."""
     batch, r = datamodule.batch_size, module.recipe
     each = per_device_batch(batch, trainer.world_size)
     devices = trainer.num_devices
@@ -23,10 +36,10 @@ def recipe_line(trainer: L.Trainer, module: SRLitModule, datamodule: SRDataModul
     if trainer.num_nodes > 1:
         split = f"{trainer.num_nodes} nodes x {split}"
     return (
-        f"recipe: global batch {batch} = {split}, lr {r.lr:g} (not rescaled), halved every "
-        f"{r.lr_decay_steps} updates, {r.loss.upper()} loss, {trainer.max_epochs} epochs x "
+        f"recipe: global batch {batch} = {split}, lr {r.lr:g} (not rescaled), {r.schedule}, "
+        f"{r.loss.upper()} loss, {trainer.max_epochs} epochs x "
         f"{datamodule.updates_per_epoch} updates, scales {datamodule.scales}, "
-        f"LR patch {datamodule.patch_size}, precision {trainer.precision}"
+        f"LR patch {datamodule.patch_size}, precision {arithmetic(trainer, module)}"
         + (f", EMA of the weights (decay {r.ema_decay})" if r.ema_decay else "")
     )
 
@@ -50,6 +63,7 @@ def run_summary(
         "global_batch_size": datamodule.batch_size,
         "per_device_batch_size": datamodule.batch_size // trainer.world_size,
         "world_size": trainer.world_size,
+        "precision": arithmetic(trainer, module),
         "wall_time_s": round(wall_s, 2),
         "status": status,
         "error": error,

@@ -15,10 +15,15 @@ from sr_lightning.training.pictures import plot_curves
 
 class MetricHistory(L.Callback):
     """Appends ``step,key,value`` rows to the run folder's ``history.csv`` (validation metrics
-    and the training wall-clock minutes at each validation, ``train/loss`` every
-    ``trainer.log_every_n_steps``), keeps the best and last values, from which ``train.py``
-    writes ``summary.json`` for the reports, and draws ``curves.png`` at the end of ``fit``:
-    validation PSNR against updates and against minutes, with the bicubic level."""
+    and, at each validation, ``time/minutes``, the wall-clock minutes of ``fit`` since training
+    started, validations included, and ``time/train_minutes``, the same without the time spent
+    in validation; ``train/loss`` every ``trainer.log_every_n_steps``), keeps the best and last
+    values, from which ``train.py`` writes ``summary.json`` for the reports, and draws
+    ``curves.png`` at the end of ``fit``: validation PSNR against updates and against minutes,
+    with the bicubic level. Both clocks start at ``on_train_start`` (after the sanity check)
+    and go on across resumes (in the checkpoint's callback state); a validation's time runs
+    from ``on_validation_start`` to this callback's ``on_validation_end`` (the checkpoint saves
+    of ``on_validation_end`` that follow it count as training)."""
 
     def __init__(self, run_dir: str):
         self.folder = RunFolder(run_dir)
@@ -26,13 +31,33 @@ class MetricHistory(L.Callback):
         self.best: dict[str, float] = {}
         self.final: dict[str, float] = {}
         self.minutes_before = 0.0  # training time of the run before this process (resume)
+        self.train_minutes_before = 0.0  # the same without validation
         self._started: float | None = None
+        self._validating_since: float | None = None  # the current validation's start
+        self._validation_seconds = 0.0  # this process's finished validations
         self.write_errors = WriteErrors("metric history")
 
+    def clocks(self) -> tuple[float, float]:
+        """``(minutes, train_minutes)`` so far, across resumes, read at one instant:
+        wall-clock minutes since training started, and those minus the validations' (the
+        current one's included), so that ``train_minutes <= minutes``."""
+        if self._started is None:
+            return self.minutes_before, self.train_minutes_before
+        now = time.monotonic()
+        validating = self._validation_seconds
+        if self._validating_since is not None:
+            validating += now - self._validating_since
+        running = (now - self._started) / 60
+        train = max(running - validating / 60, 0.0)
+        return self.minutes_before + running, self.train_minutes_before + train
+
     def minutes(self) -> float:
-        """Training wall-clock minutes so far, across resumes."""
-        running = (time.monotonic() - self._started) / 60 if self._started is not None else 0.0
-        return self.minutes_before + running
+        """Training wall-clock minutes so far, across resumes (validations included)."""
+        return self.clocks()[0]
+
+    def train_minutes(self) -> float:
+        """Training minutes so far, across resumes, without the time spent in validation."""
+        return self.clocks()[1]
 
     def _append(self, trainer, rows: dict[str, float]) -> None:
         """A failed write (disk full) is reported once, cut back to the last whole row, and
@@ -53,14 +78,27 @@ class MetricHistory(L.Callback):
             self.write_errors.report(e, self.path)
 
     def state_dict(self) -> dict:  # in the checkpoint: a resumed run keeps its best values
-        return {"best": dict(self.best), "final": dict(self.final), "minutes": self.minutes()}
+        minutes, train_minutes = self.clocks()
+        return {
+            "best": dict(self.best),
+            "final": dict(self.final),
+            "minutes": minutes,
+            "train_minutes": train_minutes,
+        }
 
     def load_state_dict(self, state_dict: dict) -> None:
         self.best, self.final = dict(state_dict["best"]), dict(state_dict["final"])
         self.minutes_before = float(state_dict["minutes"])
+        # a checkpoint from before time/train_minutes: its minutes, validations included
+        self.train_minutes_before = float(state_dict.get("train_minutes", self.minutes_before))
 
     def on_train_start(self, trainer, pl_module) -> None:
         self._started = time.monotonic()
+        self._validating_since, self._validation_seconds = None, 0.0
+
+    def on_validation_start(self, trainer, pl_module) -> None:
+        if self._started is not None and not trainer.sanity_checking:
+            self._validating_since = time.monotonic()
 
     def on_train_end(self, trainer, pl_module) -> None:
         if trainer.is_global_zero:
@@ -82,7 +120,12 @@ class MetricHistory(L.Callback):
             for k, v in trainer.callback_metrics.items()
             if k.startswith("val/") and not k.endswith("n_images")
         }
-        rows["time/minutes"] = round(self.minutes(), 4)
+        minutes, train_minutes = self.clocks()
+        rows["time/minutes"] = round(minutes, 4)
+        rows["time/train_minutes"] = round(train_minutes, 4)
+        if self._validating_since is not None:  # this validation's time, from here on
+            self._validation_seconds += time.monotonic() - self._validating_since
+            self._validating_since = None
         for key, value in rows.items():
             self.final[key] = value
             if key.startswith("time/"):

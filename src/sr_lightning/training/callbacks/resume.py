@@ -14,6 +14,7 @@ from typing import Any
 import lightning as L
 import torch
 from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
+from lightning.pytorch.trainer.states import TrainerFn
 
 from sr_lightning.runs.folder import RunFolder
 from sr_lightning.runs.records import write_atomically
@@ -76,6 +77,17 @@ class Resumable(L.Callback):
       of a step on every rank, not inside the signal handler in the middle of one.
     - On resume from a checkpoint at step G, CSV log rows of steps the checkpoint did not see
       (written by the killed process after it) are dropped, so no step is logged twice.
+    - With a weight-averaging callback (``optim.ema_decay``: Lightning's EMAWeightAveraging),
+      the module holds the averaged weights during validation, swapped back at its end. A stop
+      that ends a validation half-way (Lightning reads the SIGTERM flag after each validation
+      batch: a flag raised at the end of the step before a validation stops it after one
+      batch; a data worker killed by the same signal) swaps them back, through the callback's
+      own ``on_validation_epoch_end``, before saving: ``preempted.ckpt`` holds the raw weights as
+      ``current_model_state`` and the averaged ones as ``state_dict``, as every checkpoint
+      does. Which weights the module holds is told by a checksum of its raw weights taken at
+      ``on_validation_start``, before any callback's ``on_validation_epoch_start`` swaps.
+    - Only ``fit`` saves: a SIGTERM during the test after it (the module then holds the best
+      checkpoint's weights) leaves the checkpoints of the fit, from which a resume tests.
 
     Lightning 2.6's handlers are replaced during training because they act inside the signal
     handler: its SIGTERM handler broadcasts there and forwards the signal to the other ranks (a
@@ -93,11 +105,21 @@ class Resumable(L.Callback):
         self.saved: Path | None = None
         self.pending = {"stop": False, "requeue": False}
         self._requeue_signal: int | None = None
+        self._raw_checksum: torch.Tensor | None = None  # during a validation, with averaging
 
     def on_exception(self, trainer, pl_module, exception: BaseException) -> None:
         if not (trainer.received_sigterm or self.pending["stop"]) or self.saved is not None:
             return
         trainer._signal_connector.received_sigterm = True  # for train.py's "preempted"
+        if trainer.state.fn != TrainerFn.FITTING:
+            return  # the test after fit: the module holds the best checkpoint's weights
+        if not self._raw_weights_in_place(trainer, pl_module):
+            log.error(
+                "SIGTERM at step %d during validation: the raw weights could not be swapped "
+                "back; no preempted.ckpt (a resume starts from the newest checkpoint)",
+                trainer.global_step,
+            )
+            return
         self.saved = self.folder.preempted
         trainer.save_checkpoint(self.saved)
         if trainer.is_global_zero:
@@ -106,6 +128,42 @@ class Resumable(L.Callback):
                 "resume with ckpt_path=last in the same hydra.run.dir",
                 flush=True,
             )
+
+    @staticmethod
+    def _averaging(trainer) -> list[L.Callback]:
+        from lightning.pytorch.callbacks import WeightAveraging
+
+        return [c for c in trainer.callbacks if isinstance(c, WeightAveraging)]
+
+    @staticmethod
+    def _checksum(pl_module) -> torch.Tensor:
+        """One float64 sum per parameter and buffer, in the order the averaging swaps them."""
+        tensors = [*pl_module.parameters(), *pl_module.buffers()]
+        return torch.stack([t.detach().sum(dtype=torch.float64) for t in tensors]).cpu()
+
+    def on_validation_start(self, trainer, pl_module) -> None:
+        if trainer.state.fn == TrainerFn.FITTING and self._averaging(trainer):
+            self._raw_checksum = self._checksum(pl_module)  # before any swap
+
+    def on_validation_end(self, trainer, pl_module) -> None:
+        self._raw_checksum = None  # swapped back in on_validation_epoch_end
+
+    def _raw_weights_in_place(self, trainer, pl_module) -> bool:
+        """Swap the raw weights back into the module if a validation stopped half-way left
+        the averaged ones there; whether the module now holds the raw weights."""
+        if self._raw_checksum is None:
+            return True  # not in a validation (or no averaging): the raw weights are there
+        if torch.equal(self._checksum(pl_module), self._raw_checksum):
+            return True  # not swapped yet (or the averaged weights equal the raw ones)
+        averaging = self._averaging(trainer)
+        if len(averaging) != 1:
+            return False
+        averaging[0].on_validation_epoch_end(trainer, pl_module)  # its swap back
+        restored = torch.equal(self._checksum(pl_module), self._raw_checksum)
+        if restored:
+            self._raw_checksum = None
+            log.info("SIGTERM during validation: raw weights swapped back before saving")
+        return restored
 
     def _noter(self, what: str):
         def note(signum: int, frame: object) -> None:
