@@ -4,7 +4,8 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 # CPU machines take the local CPU wheel; CUDA users: make install TORCH="torch==2.x.y"
 TORCH ?= torch==2.13.0
-DATA ?= ../shared/datasets
+# this machine's data sets; elsewhere data.root defaults to $SR_DATA_ROOT, else ./data
+DATA ?= $(or $(SR_DATA_ROOT),../shared/datasets)
 
 .PHONY: install test test-fast lint format eval-bicubic bench bench-data bench-infer gpu-payload train report ablations clean
 
@@ -38,10 +39,10 @@ report:
 	$(VENV)/bin/sr-report $(SWEEP)
 
 # The six smoke ablations of docs/ablations.md: 5 seeds where a job takes under a minute, 3 where
-# not (res_scale: a 4x64 net; mdsr: the MDSR job trains 3x the updates). Tested on Set14 (the
-# primary set of every verdict), Set5 and the sample's held-out test photos. Re-running continues
-# where it stopped (fixed sweep folders: finished jobs are not trained again).
-ABLATIONS := bn:five loss:five ema:five pretrain:five res_scale:three mdsr:three
+# not (mdsr: its MDSR job trains 3x the updates). Tested on Set14 (the primary set of every
+# verdict), Set5 and the sample's held-out test photos. Re-running continues where it stopped
+# (fixed sweep folders: finished jobs are not trained again).
+ABLATIONS := bn:five loss:five ema:five pretrain:five res_scale:five mdsr:three
 ablations:
 	for a in $(ABLATIONS); do name=$${a%%:*}; seeds=$${a##*:}; \
 		$(PY) train.py -m experiment=ablation_$${name}_smoke +seeds=$$seeds data.root=$(DATA) \

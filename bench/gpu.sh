@@ -6,11 +6,16 @@
 #      channels_last), then 2 minutes in fp32, and prints for each the images/s, model TFLOP/s,
 #      that rate as a fraction of a matmul's measured rate (frac_of_matmul_peak) and the Set5 x2
 #      PSNR it reached (fp32 evaluation) next to bicubic,
-#   3. runs the benchmark table (python -m sr_lightning.cli.bench): the training step of EDSR-baseline
+#   3. answers the precision questions (python -m sr_lightning.bench.precision): the step time
+#      under bf16 with and without the network's fp32 output, 32-true with TF32 on and off, and
+#      torch.compile with an EMA of the weights (default and reduce-overhead modes),
+#   4. runs the benchmark table (python -m sr_lightning.cli.bench): the training step of EDSR-baseline
 #      and EDSR x2, plain vs ours as configured, with each speed-up off and alone (bf16,
 #      channels_last, fused Adam, the torch.compile modes, data.on_device), with peak memory;
 #      the loader's patches/s (workers, data.on_device); inference ms/MP, fp32 and bf16,
-#   4. appends the table and the training lines to $BENCHMARKS and prints them last.
+#   5. appends the table, the training and the precision lines to $BENCHMARKS, printed last.
+# The two trainings are one seed each (fp32 vs bf16 with the fp32 output): a per-seed difference,
+# not a verdict (that needs 3 or more seeds; the CPU comparison is in BENCHMARKS.md).
 # Prepare it on a machine with pip access: `make gpu-payload` (wheels into .whl/, images into
 # gpu_payload/), then carry both, e.g. with the device tool:
 #   run(command="bash bench/gpu.sh", carry=[".whl", "gpu_payload"])
@@ -25,8 +30,10 @@ LOGS=${LOGS:-${OUT:-outputs/gpu}}
 BENCHMARKS=${BENCHMARKS:-BENCHMARKS.md}  # where the block is appended
 TRAIN_ARGS=${TRAIN_ARGS:-}               # extra train.py overrides (both runs)
 BENCH_ARGS=${BENCH_ARGS:-}               # extra sr-bench options
+PRECISION_ARGS=${PRECISION_ARGS:-}       # extra options of sr_lightning.bench.precision
 TRAIN_LIMIT=${TRAIN_LIMIT:-165}          # s per training run: 2 min of updates + start + test
-BENCH_LIMIT=${BENCH_LIMIT:-190}          # s for the table; no new row in its last 40 s
+PRECISION_LIMIT=${PRECISION_LIMIT:-75}   # s for the precision questions
+BENCH_LIMIT=${BENCH_LIMIT:-150}          # s for the table; no new row in its last 40 s
 mkdir -p "$LOGS"
 # one decoded-image cache for the training runs and the table (data.cache_dir=null reads it)
 export SR_LIGHTNING_CACHE=${SR_LIGHTNING_CACHE:-$LOGS/cache}
@@ -83,6 +90,14 @@ for run in "default:" "fp32:trainer.precision=32-true"; do
   echo "train.py exit code $? after $(( $(date +%s) - start )) s (log: $LOGS/train-$name.log)"
   summarize "$LOGS/train-$name" "$name" | tee -a "$LOGS/train-summary.md"
 done
+
+echo "== precision questions (limit $PRECISION_LIMIT s)"
+# shellcheck disable=SC2086  # PRECISION_ARGS holds several options
+timeout -k 10 "$PRECISION_LIMIT" $PY -m sr_lightning.bench.precision $PRECISION_ARGS \
+  >"$LOGS/precision.log" 2>&1
+echo "precision exit code $?"
+{ echo; grep -E '^(Precision|- )' "$LOGS/precision.log" || echo "- precision questions: no result (see $LOGS/precision.log)"; } \
+  >>"$LOGS/train-summary.md"
 
 echo "== benchmark table (limit $BENCH_LIMIT s)"
 rm -f "$LOGS/BENCHMARKS.append.md"

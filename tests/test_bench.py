@@ -198,8 +198,11 @@ def test_gpu_script_runs_to_the_end_on_this_cpu(tmp_path, data_root, cache_dir):
         "BENCHMARKS": str(out),
         "TRAIN_ARGS": " ".join(tiny_train),
         "BENCH_ARGS": tiny_bench,
+        "PRECISION_ARGS": "--device cpu --n-resblocks 1 --n-feats 8 --batch 2 --patch 12 "
+        "--steps 2 --warmup 1 --compile-modes",
         "TRAIN_LIMIT": "120",
         "BENCH_LIMIT": "120",
+        "PRECISION_LIMIT": "120",
     }
     proc = subprocess.run(
         ["bash", str(PACKAGE_CHECKOUT / "bench" / "gpu.sh")],
@@ -226,6 +229,7 @@ def test_gpu_script_runs_to_the_end_on_this_cpu(tmp_path, data_root, cache_dir):
         assert [f"| {model}", "plain eager fp32 NCHW"] in rows
         assert [f"| {model}", "ours default + data.on_device"] in rows
     assert "data.on_device: **" in block and "Inference (super_resolve)" in block
+    assert "- bf16-mixed: fp32 output " in block and "- 32-true: IEEE fp32 " in block
 
 
 def test_each_compile_mode_compiles_the_network_module(monkeypatch):

@@ -43,7 +43,25 @@ PAIRS_METHOD = (
 # the columns beside each PSNR column: its SSIM and the bicubic level of the same set
 METRIC_KEY = re.compile(r"^val/([^/]+)/x(\d+)/(psnr|ssim|bicubic_psnr)(?: \[(.+)\])?$")
 METRIC_TITLES = {"psnr": "PSNR", "ssim": "SSIM", "bicubic_psnr": "bicubic"}
-STATUS_COLORS = {"completed": "tab:blue", "diverged": "tab:red", "failed": "tab:gray"}
+STATUS_COLORS = {
+    "completed": "tab:blue",
+    "diverged": "tab:red",
+    "failed": "tab:gray",
+    "running": "tab:orange",
+}
+
+
+def not_finished(jobs: list[Job]) -> list[str]:
+    """``jobs 3, 4 still running: left out of the statistics ...`` (empty when none is)."""
+    running = [j.name for j in jobs if j.status == "running"]
+    if not running:
+        return []
+    one = len(running) == 1
+    who = f"job {running[0]}" if one else "jobs " + ", ".join(running)
+    return [
+        f"{who} still running (left out of the statistics over seeds and the pairs, as failed "
+        f"jobs are; run sr-report again when {'it finishes' if one else 'they finish'})"
+    ]
 
 
 def swept_keys(jobs: list[Job]) -> list[str]:
@@ -233,7 +251,7 @@ def plot(jobs: list[Job], out_dir: Path) -> list[Path]:
     for i, (j, v) in enumerate(zip(jobs, best, strict=True)):
         if math.isfinite(v):
             ax.annotate(f"{v:.2f}", (i, v), ha="center", va="bottom", fontsize=7)
-        if j.status != "completed":  # "diverged" / "failed" on the bar
+        if j.status != "completed":  # "diverged" / "failed" / "running" on the bar
             ax.annotate(
                 j.status,
                 (i, 0.03),
@@ -327,7 +345,7 @@ def build_report(
     csv_path, md_path = out / "report.csv", out / "report.md"
     write_csv(csv_path, columns, rows)
     pngs = plot(jobs, out)
-    notes = below_bicubic(jobs, rows, columns)
+    notes = not_finished(jobs) + below_bicubic(jobs, rows, columns)
     scored = protocol_notes(jobs, columns)
     notes += ["scored with: " + "; ".join(scored)] if scored else []
     groups, pairs, sections = [], [], []
@@ -338,7 +356,9 @@ def build_report(
         pairs = pairings(groups, keys, order)
         psnr = [c for c in columns if PSNR_KEY.match(c)]
         sections = [
-            "## Over seeds: mean and 95% t interval per setting (completed jobs)",
+            "## Over seeds: best validation PSNR, mean and 95% t interval per setting "
+            "(completed jobs; these images chose the checkpoint: the verdicts below use the "
+            "test sets)",
             "",
             *group_lines(groups, keys, psnr, title),
             "",

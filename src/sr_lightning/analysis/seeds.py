@@ -64,8 +64,9 @@ def seeds_swept(jobs: list[Job]) -> bool:
 
 
 def group_lines(groups: list[Group], keys: list[str], psnr_columns: list[str], title) -> list[str]:
-    """A markdown table: one row per setting, n and mean [95% CI] per PSNR column."""
-    head = ["setting", "n", *(f"{title(c)} mean [95% CI]" for c in psnr_columns)]
+    """A markdown table: one row per setting, n and mean [95% CI] per PSNR column (the best
+    validation PSNR: the images that chose the checkpoint, so never a verdict)."""
+    head = ["setting", "n", *(f"best validation {title(c)} mean [95% CI]" for c in psnr_columns)]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for g in groups:
         cells = [g.describe(keys), str(len(g.jobs))]

@@ -1,5 +1,6 @@
-"""``sr-download DATASET --root DIR``: DIV2K or the SR benchmark sets into the layout the
-experiments read (resumable, verified; see :mod:`sr_lightning.data.download`)."""
+"""``sr-download DATASET [--root DIR]``: DIV2K or the SR benchmark sets into the layout the
+experiments read (resumable, verified; see :mod:`sr_lightning.data.download`). The default
+root is the experiments' default ``data.root``: ``$SR_DATA_ROOT``, else ``<project>/data``."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from sr_lightning.config.resolvers import data_root
 from sr_lightning.data.download import (
     DATASETS,
     DEFAULT_TIMEOUT,
@@ -25,7 +27,12 @@ def build_parser() -> argparse.ArgumentParser:
         "experiments read (resumable, verified).",
     )
     p.add_argument("dataset", choices=DATASETS, help="data set to fetch")
-    p.add_argument("--root", required=True, type=Path, help="data root (data.root)")
+    p.add_argument(
+        "--root",
+        type=Path,
+        default=None,
+        help="data root (data.root; default: $SR_DATA_ROOT, else <project>/data)",
+    )
     p.add_argument(
         "--scales",
         nargs="+",
@@ -44,10 +51,11 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """Command-line entry point; returns the exit status (errors go to stderr, no traceback)."""
     args = build_parser().parse_args(argv)
+    root = args.root if args.root is not None else data_root()  # read now: $SR_DATA_ROOT
     try:
         dest = fetch_dataset(
             args.dataset,
-            args.root,
+            root,
             scales=args.scales,
             base_url=args.base_url,
             keep_archives=args.keep_archives,

@@ -17,7 +17,7 @@ from sr_lightning.config.keys import check_keys
 from sr_lightning.config.rules import evaluate_every_scale_of_the_network
 from sr_lightning.data.io import ImageError
 from sr_lightning.models import count_trainable, describe, record
-from sr_lightning.models.checkpoint import load_network
+from sr_lightning.models.checkpoint import find_checkpoint, load_network
 from sr_lightning.runs.results import format_table
 from sr_lightning.training.console import quiet_library_noise
 from sr_lightning.training.evaluation import evaluate, save_results
@@ -26,12 +26,14 @@ log = logging.getLogger(__name__)
 
 
 def eval_network(cfg: DictConfig) -> tuple[nn.Module, str]:
-    """(network, name) that ``eval.py`` scores: ``ckpt_path``'s (its record, or its shapes),
-    else ``model=``'s, which must not be a randomly initialised trainable network."""
+    """(network, name) that ``eval.py`` scores: ``ckpt_path``'s (a file, or a glob matching
+    one: its record, or its shapes), else ``model=``'s, which must not be a randomly
+    initialised trainable network."""
     if cfg.ckpt_path:
-        net, _ = load_network(cfg.ckpt_path, res_scale=cfg.get("res_scale"), echo=log.warning)
-        log.info("loaded %s: %s x%s", cfg.ckpt_path, type(net).__name__, list(net.scales))
-        return net, Path(cfg.ckpt_path).stem
+        path = find_checkpoint(cfg.ckpt_path)
+        net, _ = load_network(path, res_scale=cfg.get("res_scale"), echo=log.warning)
+        log.info("loaded %s: %s x%s", path, type(net).__name__, list(net.scales))
+        return net, path.stem
     net = hydra.utils.instantiate(cfg.model.net)
     if count_trainable(net):
         raise ValueError(

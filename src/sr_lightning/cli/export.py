@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from sr_lightning.models.catalogue import PRESETS as CATALOGUE
-from sr_lightning.models.checkpoint import load_network, load_weights
+from sr_lightning.models.checkpoint import find_checkpoint, load_network, load_weights
 from sr_lightning.models.export import (
     FORMATS,
     PRESETS,
@@ -30,7 +30,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--model", help=f"preset: {', '.join(PRESETS)} (default: from --weights)")
     p.add_argument("--scale", type=int, help="upscaling factor (default: the model's only one)")
-    p.add_argument("--weights", help="Lightning .ckpt or authors' .pt (default: random init)")
+    p.add_argument(
+        "--weights",
+        help="Lightning .ckpt or authors' .pt, or a glob matching one (default: random init)",
+    )
     p.add_argument("--format", default="onnx", help=f"{', '.join(FORMATS)} (default: onnx)")
     p.add_argument("--out", help="output file (default: <model>_x<scale> + format suffix)")
     p.add_argument("--n-resblocks", type=int, help="override the preset's depth")
@@ -57,8 +60,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise ValueError(
                 "give --model (a preset), --weights (read the network off it), or both"
             )
+        weights = find_checkpoint(args.weights) if args.weights else None
         if args.model is None:
-            model, _ = load_network(args.weights, res_scale=args.res_scale)
+            model, _ = load_network(weights, res_scale=args.res_scale)
         else:
             if args.model not in PRESETS:
                 raise ValueError(f"unknown --model {args.model!r}; choose one of {PRESETS}")
@@ -67,8 +71,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             model = build_model(
                 args.model, args.scale, args.n_resblocks, args.n_feats, args.res_scale, args.scales
             )
-            if args.weights:
-                load_weights(model, args.weights)
+            if weights:
+                load_weights(model, weights)
         scales = list(model.scales)
         scale = args.scale if args.scale is not None else scales[0] if len(scales) == 1 else None
         if scale not in scales:

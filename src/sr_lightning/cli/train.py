@@ -70,12 +70,27 @@ def divergence_message(error: BaseException) -> str | None:
 
 
 def run_train(cfg: DictConfig) -> dict:
-    """``train.py``: fit, then test the best checkpoint next to bicubic; returns the metrics."""
+    """``train.py``: fit, then test the best checkpoint next to bicubic; returns the metrics.
+    Rank zero records its process in the run folder (``process.json``) from start to end: a
+    report tells a running job from a killed one (:func:`sr_lightning.runs.job.running`)."""
     quiet_library_noise()
     check_keys(cfg, "train")  # unknown keys first (ConfigKeyError names each one)
     if (done := finished_sweep_job(cfg)) is not None:  # a sweep run again: not trained twice
         log.info("job %s: %s already, not trained again", cfg.paths.output_dir, done["status"])
         return {"val/psnr": float(done.get("best", {}).get("val/psnr", float("nan")))}
+    folder = RunFolder(cfg.paths.output_dir)
+    recorder = rank_zero_only.rank == 0  # set from the environment (RANK, LOCAL_RANK, SLURM)
+    if recorder:
+        folder.write_process()
+    try:
+        return fit_and_test(cfg, folder)
+    finally:
+        if recorder:
+            folder.end_process()
+
+
+def fit_and_test(cfg: DictConfig, folder: RunFolder) -> dict:
+    """The body of :func:`run_train`: shape the config, build, fit, test, write the summary."""
     shape_train_config(cfg)
     L.seed_everything(cfg.seed, workers=True)
     trainer, module, datamodule = build_training(cfg)
@@ -85,7 +100,6 @@ def run_train(cfg: DictConfig) -> dict:
         describe(record(module.net)),
         f"{count_trainable(module.net):,}",
     )
-    folder = RunFolder(cfg.paths.output_dir)
     resuming = cfg.ckpt_path is not None
     if trainer.is_global_zero and not (resuming and folder.recorded_config.exists()):
         folder.write_config(OmegaConf.to_yaml(cfg, resolve=True))

@@ -1,7 +1,8 @@
 """Upscale images: ``sr-upscale photo.png folder/ 'shots/*.png' --weights W --out DIR``.
 
 ``--weights`` is a Lightning checkpoint of ours (the network is rebuilt from its record) or an
-authors' ``.pt`` (read off the tensor shapes; ``--res-scale`` where the preset's is not right).
+authors' ``.pt`` (read off the tensor shapes; ``--res-scale`` where the preset's is not right),
+a path or a glob that matches one file (``'<run>/checkpoints/best-*.ckpt'``).
 Outputs are PNGs named ``<stem>_x<s>.png``, quantized exactly as the evaluation scores them;
 inputs are never overwritten. A file that cannot be read is reported and skipped: every other
 file is still written, and the exit code is 1 if any failed.
@@ -26,7 +27,7 @@ from sr_lightning.data.io import (
     save_image,
     to_rgb,
 )
-from sr_lightning.models.checkpoint import load_network
+from sr_lightning.models.checkpoint import find_checkpoint, load_network
 
 
 def expand_inputs(inputs: Sequence[str]) -> list[Path]:
@@ -71,7 +72,9 @@ def output_paths(sources: list[Path], out_dir: Path, scale: int) -> list[Path]:
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="sr-upscale", description=__doc__.splitlines()[0])
     p.add_argument("inputs", nargs="+", help="image files, folders or glob patterns")
-    p.add_argument("--weights", required=True, help="Lightning .ckpt or authors' .pt")
+    p.add_argument(
+        "--weights", required=True, help="Lightning .ckpt or authors' .pt (or a glob matching one)"
+    )
     p.add_argument("--out", default="outputs/upscaled", help="output folder")
     p.add_argument("--scale", type=int, help="scale (required for a multi-scale MDSR)")
     p.add_argument("--self-ensemble", action="store_true", help="x8 geometric self-ensemble")
@@ -88,11 +91,12 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        model, _ = load_network(args.weights, res_scale=args.res_scale)
+        weights = find_checkpoint(args.weights)
+        model, _ = load_network(weights, res_scale=args.res_scale)
         scales = list(model.scales)
         scale = args.scale or (scales[0] if len(scales) == 1 else None)
         if scale not in scales:
-            raise ValueError(f"--scale {args.scale}: {args.weights} supports x{scales}")
+            raise ValueError(f"--scale {args.scale}: {weights} supports x{scales}")
         model = model.to(args.device).eval()
         out_dir = Path(args.out)
         paths = expand_inputs(args.inputs)

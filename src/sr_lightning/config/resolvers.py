@@ -1,6 +1,17 @@
-"""The OmegaConf resolvers that ``conf/`` uses, registered by ``import sr_lightning``: a config
-composed from Python (a notebook, a script) resolves as under ``train.py``, with no environment
-variable to set. Nothing heavy is imported until a resolver is evaluated."""
+"""The OmegaConf resolvers that ``conf/`` uses (``${sr_preset:...}``, ``${sr_data_root:}``, ...).
+
+They are registered when Hydra initialises (``initialize_config_dir``, ``@hydra.main``): Hydra
+imports every module of the ``hydra_plugins`` namespace package, and
+``hydra_plugins.sr_lightning_resolvers`` calls :func:`register`. ``import sr_lightning``
+registers them too. So a config composed from Python (a notebook, a script) resolves as under
+``train.py``, with no import to know of and no environment variable to set. Nothing heavy is
+imported until a resolver is evaluated.
+
+Where things live by default (one answer for every entry point: ``train.py``, ``eval.py``,
+``sr-bench``, ``sr-download``): the data root is ``$SR_DATA_ROOT``, else
+``<project root>/data`` (:func:`data_root`); the decoded-image cache is
+``$SR_LIGHTNING_CACHE``, else ``~/.cache/sr_lightning`` (``data/cache.py``).
+"""
 
 from __future__ import annotations
 
@@ -74,5 +85,12 @@ RESOLVERS = {
     "sr_run": run_name,
     "sr_wandb_mode": wandb_mode,
 }
-for _name, _fn in RESOLVERS.items():
-    OmegaConf.register_new_resolver(_name, _fn, replace=True)
+
+
+def register() -> None:
+    """Register every ``${sr_...:}`` resolver (again: the same functions, so idempotent)."""
+    for name, fn in RESOLVERS.items():
+        OmegaConf.register_new_resolver(name, fn, replace=True)
+
+
+register()

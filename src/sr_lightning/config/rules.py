@@ -11,6 +11,7 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, ListConfig, OmegaConf, open_dict
 
 from sr_lightning.config.keys import ConfigKeyError, check_command_line
+from sr_lightning.models.checkpoint import find_checkpoint
 from sr_lightning.runs.folder import RunFolder
 from sr_lightning.runs.job import job_folders
 
@@ -171,6 +172,20 @@ def resolve_last_checkpoint(cfg: DictConfig) -> None:
         cfg.ckpt_path = str(newest)
 
 
+LIGHTNING_CKPT_WORDS = ("best", "last", "hpc", "registry")  # Lightning's own ckpt_path values
+
+
+def resolve_checkpoint_pattern(cfg: DictConfig) -> None:
+    """``ckpt_path=<run>/checkpoints/best-*.ckpt``: the one file a glob matches (several: an
+    error listing them; none, or a missing file: "checkpoint not found", before anything is
+    built). See :func:`~sr_lightning.models.checkpoint.find_checkpoint`."""
+    value = cfg.get("ckpt_path")
+    if value is None or str(value).split(":", 1)[0] in LIGHTNING_CKPT_WORDS:
+        return
+    with open_dict(cfg):
+        cfg.ckpt_path = str(find_checkpoint(str(value)))
+
+
 def resolve_sweep_init(cfg: DictConfig) -> None:
     """``model.init_from=sweep:x2``: the best checkpoint of the completed x2 job of this sweep
     (of the job with the same seed, when the sweep has several)."""
@@ -225,6 +240,7 @@ RULES = (
     spawn_ddp_under_multirun,
     continue_an_interrupted_sweep_job,
     resolve_last_checkpoint,
+    resolve_checkpoint_pattern,
     resolve_sweep_init,
     average_the_weights,
 )

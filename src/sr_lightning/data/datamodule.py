@@ -41,20 +41,78 @@ log = logging.getLogger(__name__)
 
 
 class UnpaddedDistributedSampler(DistributedSampler):
-    """Rank r takes images r, r + world, ...: every image is scored exactly once.
-
-    (torch's DistributedSampler pads Set5's 5 images to 6 on 2 ranks, counting one twice.)
-    Lightning leaves a DistributedSampler it is given in place.
+    """Rank r takes images r, r + world, ... or, given ``indices``, exactly those (its share
+    from :func:`eval_indices`, which may be :data:`NO_IMAGE`): every image is scored exactly
+    once. (torch's DistributedSampler pads Set5's 5 images to 6 on 2 ranks, counting one
+    twice.) Lightning leaves a DistributedSampler it is given in place.
     """
 
-    def __init__(self, dataset, num_replicas: int, rank: int):
+    def __init__(self, dataset, num_replicas: int, rank: int, indices: list[int] | None = None):
         super().__init__(dataset, num_replicas=num_replicas, rank=rank, shuffle=False)
+        self.indices = indices
+
+    def _indices(self) -> list[int]:
+        if self.indices is not None:
+            return list(self.indices)
+        return list(range(self.rank, len(self.dataset), self.num_replicas))
 
     def __iter__(self):
-        return iter(range(self.rank, len(self.dataset), self.num_replicas))
+        return iter(self._indices())
 
     def __len__(self) -> int:
-        return len(range(self.rank, len(self.dataset), self.num_replicas))
+        return len(self._indices())
+
+
+NO_IMAGE = -1  # the index of the item a rank without any evaluation image scores (nothing)
+
+
+def eval_indices(lengths: Sequence[int], rank: int, world: int) -> list[list[int]]:
+    """The images of each evaluation loader (set x scale) that rank ``rank`` of ``world``
+    scores: round robin over all loaders' images in order (image j of loader k goes to rank
+    ``(images before loader k + j) % world``), so every image is scored once and the ranks
+    get at most one image more than each other.
+
+    A rank gets no image when there are fewer images in all than ranks (2 validation photos
+    on 4 ranks, Set5 x2 on 8 GPUs): its first loader then yields one :data:`NO_IMAGE` item,
+    which the steps skip (:func:`is_no_image`). The rank still runs the evaluation loop and
+    its epoch-end hooks, which sum the metrics over all ranks (collectives every rank must
+    join), and contributes nothing to them. Other loaders of a rank may be empty (Lightning
+    is told that is intended: ``allow_zero_length_dataloader_with_multiple_devices``)."""
+    out, start = [], 0
+    for n in lengths:
+        out.append(list(range((rank - start) % world, n, world)))
+        start += n
+    if out and not any(out):
+        out[0] = [NO_IMAGE]
+    return out
+
+
+class ScoredOnce(torch.utils.data.Dataset):
+    """An evaluation set whose index :data:`NO_IMAGE` is an empty item (a 1x1 LR, index -1)."""
+
+    def __init__(self, data: EvalDataset):
+        self.data = data
+
+    def __len__(self) -> int:
+        return len(self.data)
+
+    def __getitem__(self, i: int) -> dict:
+        if i != NO_IMAGE:
+            return self.data[i]
+        scale = self.data.scale
+        return {
+            "lr": torch.zeros(3, 1, 1, dtype=torch.uint8),
+            "hr": torch.zeros(3, scale, scale, dtype=torch.uint8),
+            "gray": False,
+            "name": "",
+            "index": NO_IMAGE,
+            "scale": scale,
+        }
+
+
+def is_no_image(batch: dict) -> bool:
+    """Whether an evaluation batch is the :data:`NO_IMAGE` item of a rank without images."""
+    return bool((torch.as_tensor(batch["index"]) == NO_IMAGE).all())
 
 
 def per_device_batch(batch_size: int, world_size: int) -> int:
@@ -211,6 +269,8 @@ class SRDataModule(L.LightningDataModule):
         self.val_data: list[EvalDataset] = []
         self.test_data: list[EvalDataset] = []
         self._described = False  # the evaluation sets are logged once, at the first setup
+        # a rank may have no image of some evaluation set (eval_indices): intended
+        self.allow_zero_length_dataloader_with_multiple_devices = True
 
     def validate(self) -> None:
         """Refuse bad values before anything is loaded, naming the key."""
@@ -398,16 +458,19 @@ class SRDataModule(L.LightningDataModule):
         )
 
     def _eval_loaders(self, sets: list[EvalDataset]) -> list[DataLoader]:
+        """One loader per set and scale; under DDP each rank takes its share of the images
+        (:func:`eval_indices`: each image once, a rank without any scores nothing)."""
         rank, world = self._rank_world()
+        shares = eval_indices([len(ds) for ds in sets], rank, world)
         return [
             DataLoader(
-                ds,
+                ScoredOnce(ds) if world > 1 else ds,
                 batch_size=1,  # whole images of different sizes
-                sampler=UnpaddedDistributedSampler(ds, world, rank) if world > 1 else None,
-                num_workers=min(self.num_workers, 1),
+                sampler=UnpaddedDistributedSampler(ds, world, rank, share) if world > 1 else None,
+                num_workers=min(self.num_workers, 1) if share else 0,
                 worker_init_fn=partial(finish_step_on_sigterm, parent_exit_flag()),
             )
-            for ds in sets
+            for ds, share in zip(sets, shares, strict=True)
         ]
 
     def val_dataloader(self) -> list[DataLoader]:

@@ -32,6 +32,8 @@ BENCHMARKS = ("Set5", "Set14", "B100", "Urban100")
 DIV2K_VAL = "DIV2K"
 SAMPLE = "sample"
 PROTOCOLS = ("auto", "benchmark", "div2k")  # data.protocol; auto: div2k for DIV2K only
+# where data.root points unless told (config/resolvers.py data_root), said by every "not found"
+DATA_ROOT_DEFAULT = "data.root defaults to $SR_DATA_ROOT, else <project>/data"
 
 
 @dataclass(frozen=True)
@@ -64,7 +66,7 @@ def benchmark_pairs(root: str | Path, name: str, scale: int) -> list[Pair]:
             f"benchmark {name} not found: expected images in {hr_dir}/ "
             f"(and optionally {set_dir}/LR_bicubic/X{scale}/<stem>x{scale}.png). "
             f"Get it with `sr-download benchmark --root {root}`, "
-            "or set data.root to a folder with this layout."
+            f"or set data.root to a folder with this layout ({DATA_ROOT_DEFAULT})."
         )
     lr_dir = set_dir / "LR_bicubic" / f"X{scale}"
     pairs = []
@@ -92,7 +94,8 @@ def div2k_pairs(root: str | Path, scale: int, first: int, last: int) -> list[Pai
         else:
             raise FileNotFoundError(
                 f"DIV2K image {i:04d} not found in {base}/DIV2K_train_HR/ or DIV2K_valid_HR/. "
-                f"Get DIV2K with `sr-download div2k --root {root}`."
+                f"Get DIV2K with `sr-download div2k --root {root}`, or set data.root to a "
+                f"folder holding DIV2K/ ({DATA_ROOT_DEFAULT})."
             )
     return pairs
 

@@ -10,6 +10,7 @@ those shapes, and the guess is printed.
 
 from __future__ import annotations
 
+import glob
 import logging
 import sys
 from pathlib import Path
@@ -19,22 +20,48 @@ import torch
 from torch import nn
 
 from sr_lightning.models.blocks import DIV2K_RGB_MEAN
-from sr_lightning.models.catalogue import PRESETS, build_from_record, matching_preset
+from sr_lightning.models.catalogue import PRESETS, build_from_record, matching_preset, record
 
 log = logging.getLogger(__name__)
 
 LIGHTNING_PREFIX = "net."
 RECORD_KEY, PROTOCOLS_KEY = "model_args", "protocols"
 LAYOUT_FIELDS = ("arch", "scales", "n_resblocks", "n_feats", "norm", "rgb_range")
+# what init_from must share with the network it initialises (the scales may differ: x2 -> x3)
+BODY_FIELDS = ("arch", "n_resblocks", "n_feats", "norm", "rgb_range")
+GLOB_CHARS = frozenset("*?[")
+
+
+def find_checkpoint(pattern: str | Path) -> Path:
+    """The one file ``pattern`` names: a path, or a glob matching exactly one file
+    (``<run>/checkpoints/best-*.ckpt``), ``~`` expanded. What ``ckpt_path`` (``train.py``,
+    ``eval.py``), ``model.init_from`` and ``--weights`` (``sr-upscale``, ``sr-export``) accept.
+
+    No match is ``FileNotFoundError("checkpoint not found: <pattern>")``; several matches are
+    a ``ValueError`` listing them (which one was meant is not guessed)."""
+    path = Path(pattern).expanduser()
+    if path.is_file() or not GLOB_CHARS & set(str(pattern)):
+        if not path.is_file():
+            raise FileNotFoundError(f"checkpoint not found: {path}")
+        return path
+    matches = sorted(Path(m) for m in glob.glob(str(path)) if Path(m).is_file())
+    if not matches:
+        raise FileNotFoundError(f"checkpoint not found: no file matches {str(path)!r}")
+    if len(matches) > 1:
+        raise ValueError(
+            f"{str(path)!r} matches {len(matches)} files, not one: "
+            + ", ".join(str(m) for m in matches)
+            + ". Name the checkpoint you mean."
+        )
+    return matches[0]
 
 
 def read_checkpoint(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, Any] | None]:
-    """(network state_dict, record or None) of ``path``, loaded with ``weights_only=True``
-    (no arbitrary pickles). Accepts an authors' file (a bare state_dict with the reference key
-    names) or a Lightning checkpoint of ours (``state_dict`` keys ``net.<name>``)."""
-    path = Path(path).expanduser()
-    if not path.is_file():
-        raise FileNotFoundError(f"checkpoint not found: {path}")
+    """(network state_dict, record or None) of ``path`` (a file, or a glob matching one: see
+    :func:`find_checkpoint`), loaded with ``weights_only=True`` (no arbitrary pickles).
+    Accepts an authors' file (a bare state_dict with the reference key names) or a Lightning
+    checkpoint of ours (``state_dict`` keys ``net.<name>``)."""
+    path = find_checkpoint(path)
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # truncated, corrupt, not a torch file, or a refused pickle
@@ -132,7 +159,7 @@ def load_network(
     """(network with the weights of ``path``, its record), rebuilt from the file's record or,
     without one, from its shapes; ``res_scale`` is only for record-less files (given with a
     record, it must agree). ``echo`` prints the guess (default: to stderr)."""
-    path = Path(path).expanduser()
+    path = find_checkpoint(path)
     state, rec = read_checkpoint(path)
     shapes = layout(state)
     if rec is not None:
@@ -198,20 +225,64 @@ def _by_scale(state: dict[str, torch.Tensor], src_scales: list[int], dst_scales)
     return out
 
 
-def init_from_checkpoint(net: nn.Module, path: str | Path) -> tuple[list[str], list[str]]:
+def _body_record(rec: dict[str, Any]) -> dict[str, Any]:
+    return {k: rec[k] for k in BODY_FIELDS if k in rec}
+
+
+def _same_body(ours: dict[str, Any], theirs: dict[str, Any]) -> bool:
+    for key in set(ours) & set(theirs):
+        a, b = ours[key], theirs[key]
+        if key == "rgb_range":
+            if abs(float(a) - float(b)) >= 1e-2:
+                return False
+        elif a != b:
+            return False
+    return True
+
+
+def init_from_checkpoint(
+    net: nn.Module, path: str | Path, allow_partial: bool = False
+) -> tuple[list[str], list[str]]:
     """Copy every tensor of ``path`` whose name and shape match; keep the rest as initialised.
 
     This is the paper's x2 -> x3/x4 initialisation (Sec. 4.1): head and body come from the x2
     model, the upsampler of the new scale starts anew. MDSR's per-scale modules are matched by
     scale, not by position. Returns (loaded, not loaded) names.
+
+    The checkpoint's network (its record, or what its shapes show for a file without one)
+    must be ``net``'s but for the scales: class, depth, width, norm and rgb_range. Another
+    network would load a few tensors (the mean shift, a bias) and train the body from scratch
+    under the name of an initialised run: that is a ``ValueError`` naming both records and
+    the count of tensors that would load, unless ``allow_partial`` (``model.init_from_partial``)
+    asks for exactly that.
     """
-    state = load_state_dict(path)
+    path = find_checkpoint(path)
+    state, rec = read_checkpoint(path)
+    theirs = _body_record(rec if rec is not None else layout(state))
     if "pre_process.0.0.body.0.weight" in state and hasattr(net, "pre_process"):
         state = _by_scale(state, layout(state)["scales"], net.scales)
     own = net.state_dict()
     loaded = [k for k, v in state.items() if k in own and own[k].shape == v.shape]
-    net.load_state_dict({k: state[k] for k in loaded}, strict=False)
     kept = [k for k in own if k not in loaded]
+    try:
+        ours = _body_record(record(net))
+    except TypeError:  # not a catalogued network: nothing to compare
+        ours = {}
+    if not _same_body(ours, theirs):
+        message = (
+            f"model.init_from={path}: its network {theirs} is not this run's {ours}: only "
+            f"{len(loaded)} of this network's {len(own)} tensors would load "
+            f"({', '.join(loaded[:4]) or 'none'}{', ...' if len(loaded) > 4 else ''}), the "
+            "body would train from scratch"
+        )
+        if not allow_partial:
+            raise ValueError(
+                message + ". Initialise from a checkpoint of the same network (the scales may "
+                "differ: x2 -> x3/x4), set model.net.n_resblocks / n_feats / norm to the "
+                "checkpoint's, or set model.init_from_partial=true to load those tensors anyway"
+            )
+        log.warning("%s (model.init_from_partial=true)", message)
+    net.load_state_dict({k: state[k] for k in loaded}, strict=False)
     log.info("init_from %s: loaded %d tensors: %s", path, len(loaded), loaded)
     log.info("init_from %s: %d tensors keep their fresh init: %s", path, len(kept), kept)
     return loaded, kept

@@ -7,6 +7,7 @@
     <run>/checkpoints/config.yaml   the resolved config it trained with
     <run>/checkpoints/best-step<N>-psnr<P>.ckpt, last.ckpt, step<N>.ckpt, preempted.ckpt
     <run>/summary.json              status, steps, best/final metrics, throughput
+    <run>/process.json              the process training it (pid, host, start): "running"
     <run>/history.csv               step,key,value (validation metrics, loss, minutes)
     <run>/results.json, per_image.csv   the test of the best checkpoint (and eval.py's)
     <run>/samples/<set>_x<s>_<image>_step<N>.png, curves.png   what a researcher looks at
@@ -18,6 +19,9 @@ reader of a whole job (:mod:`.job`) are the only code that looks inside a folder
 from __future__ import annotations
 
 import json
+import os
+import socket
+import time
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +36,7 @@ PREEMPTED = "preempted.ckpt"
 RECORDED_CONFIG = "config.yaml"  # in checkpoints/
 OVERRIDES = ".hydra/overrides.yaml"
 SUMMARY = "summary.json"
+PROCESS = "process.json"
 HISTORY = "history.csv"
 RESULTS = "results.json"
 PER_IMAGE = "per_image.csv"
@@ -77,6 +82,10 @@ class RunFolder:
     @property
     def summary(self) -> Path:
         return self.path / SUMMARY
+
+    @property
+    def process(self) -> Path:
+        return self.path / PROCESS
 
     @property
     def history(self) -> Path:
@@ -137,9 +146,53 @@ class RunFolder:
         summary = self.read_summary()
         return summary if summary and summary.get("status") in FINISHED else None
 
+    def read_process(self) -> dict[str, Any] | None:
+        """``process.json`` (pid, host, start of the process that trains or trained the run),
+        or None when missing or unreadable."""
+        try:
+            found = json.loads(self.process.read_text())
+        except (OSError, ValueError):
+            return None
+        return found if isinstance(found, dict) else None
+
     # ---- writers (atomic; a full disk warns and returns False) -------------------------
     def write_config(self, text: str) -> bool:
         return write_atomically(self.recorded_config, text)
 
+    def write_process(self) -> bool:
+        """Record this process as the one training the run (``train.py``, rank zero, at start):
+        pid, host, its start tick (a reused pid is not taken for it) and the wall time."""
+        record = {
+            "pid": os.getpid(),
+            "host": socket.gethostname(),
+            "start_ticks": process_start_ticks(os.getpid()),
+            "started": time.time(),
+            "ended": None,
+        }
+        return write_atomically(self.process, json.dumps(record, indent=2) + "\n")
+
+    def end_process(self) -> bool:
+        """Mark ``process.json`` ended (``train.py`` returned or raised): not running."""
+        record = self.read_process() or {"pid": os.getpid(), "host": socket.gethostname()}
+        record["ended"] = time.time()
+        return write_atomically(self.process, json.dumps(record, indent=2) + "\n")
+
     def write_summary(self, summary: dict[str, Any]) -> bool:
         return write_atomically(self.summary, json.dumps(summary, indent=2, allow_nan=True) + "\n")
+
+
+def process_stat(pid: int) -> tuple[str, int] | None:
+    """(state, start tick) of process ``pid`` (``/proc/<pid>/stat``: ``R``, ``S``, ``Z`` for a
+    zombie...; clock ticks after boot), or None where there is no ``/proc`` or no such
+    process."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return fields[0], int(fields[19])  # fields 3 and 22, counted after the name
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def process_start_ticks(pid: int) -> int | None:
+    """When process ``pid`` started (see :func:`process_stat`), or None."""
+    stat = process_stat(pid)
+    return stat[1] if stat else None

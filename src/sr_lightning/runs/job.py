@@ -1,12 +1,16 @@
-"""The one reader of a finished (or failed) job folder: its overrides, summary, metric history
-and per-image results. The sweep report, the seed statistics, ``sr-compare``, the resume and
-sweep-skip rules all read run folders through :func:`read_job` / :func:`read_sweep`."""
+"""The one reader of a job folder (finished, failed or still running): its overrides,
+summary, metric history and per-image results. The sweep report, the seed statistics,
+``sr-compare``, the resume and sweep-skip rules all read run folders through :func:`read_job` /
+:func:`read_sweep`."""
 
 from __future__ import annotations
 
 import functools
 import math
+import os
 import re
+import socket
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -14,12 +18,16 @@ from typing import Any
 import yaml
 
 from sr_lightning.core.protocol import Protocol
-from sr_lightning.runs.folder import RunFolder
+from sr_lightning.runs.folder import RunFolder, process_stat
 from sr_lightning.runs.history import Row, read_history
 from sr_lightning.runs.results import read_per_image
 
 # val/Set5/x2/psnr, and with the protocol where jobs differ: val/Set5/x2/psnr [RGB, border 8, ...]
 PSNR_KEY = re.compile(r"^val/([^/]+)/x(\d+)/psnr(?: \[(.+)\])?$")
+RUNNING = "running"
+# a run whose process cannot be asked (another host, or no process.json) is running while its
+# folder changed this recently (train.log, history.csv, the checkpoints, process.json)
+HEARTBEAT_S = 15 * 60
 
 
 @dataclass
@@ -83,14 +91,72 @@ def read_overrides(folder: RunFolder) -> dict[str, str]:
 
 
 def read_job(path: str | Path) -> Job:
-    """A job (or run) folder; without a readable ``summary.json`` it is ``failed`` (it
-    crashed before writing one)."""
+    """A job (or run) folder, with its status: ``summary.json``'s, ``running`` (see
+    :func:`running`), or ``failed`` without a readable ``summary.json`` (it crashed before
+    writing one, or was killed)."""
     folder = RunFolder(path)
     summary = folder.read_summary()
-    if summary is None:
+    if running(folder):
+        # a resumed run keeps the previous attempt's numbers until it writes its own
+        summary = {**(summary or {}), "status": RUNNING, "error": None}
+    elif summary is None:
         why = "no summary.json" if not folder.summary.is_file() else "unreadable summary.json"
         summary = {"status": "failed", "error": why}
     return Job(folder, read_overrides(folder), summary, read_history(folder.history))
+
+
+def running(folder: RunFolder, now: float | None = None) -> bool:
+    """Whether a process is training ``folder`` now. ``train.py`` (rank zero) records itself
+    in ``process.json`` (pid, host, start tick) when it starts, and marks it ``ended`` when it
+    returns or raises; so:
+
+    - ``process.json`` marked ended: not running (its ``summary.json`` says how it ended);
+    - not ended, on this host: running while that pid lives and is the same process (its start
+      tick; a reused pid is not it). Killed (``kill -9``, out of memory): not running, and
+      without a summary it reads ``failed``;
+    - not ended, on another host (a cluster node): running while the folder changed in the
+      last :data:`HEARTBEAT_S` seconds (``train.log``, ``history.csv``, a checkpoint);
+    - no ``process.json`` (a run of an older version): running if it has no ``summary.json``,
+      got as far as training (``checkpoints/config.yaml``, written just before ``fit``) and
+      changed in the last :data:`HEARTBEAT_S` seconds. (A run of this version that stopped
+      before recording its process, on a config error, has no ``config.yaml``: ``failed``.)
+    """
+    record = folder.read_process()
+    if record is not None:
+        if record.get("ended") is not None:
+            return False
+        if record.get("host") == socket.gethostname() and isinstance(record.get("pid"), int):
+            return _alive(record["pid"], record.get("start_ticks"))
+        return _changed_since(folder, (now or time.time()) - HEARTBEAT_S)
+    if folder.summary.is_file():
+        return False
+    began = folder.recorded_config.is_file()
+    return began and _changed_since(folder, (now or time.time()) - HEARTBEAT_S)
+
+
+def _alive(pid: int, start_ticks: int | None) -> bool:
+    """Process ``pid`` lives, is no zombie and started at ``start_ticks`` (when known)."""
+    stat = process_stat(pid)
+    if stat is not None:
+        return stat[0] not in ("Z", "X") and start_ticks in (None, stat[1])
+    try:  # no /proc (macOS): only whether the pid exists
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # alive, another user's
+        pass
+    return True
+
+
+def _changed_since(folder: RunFolder, since: float) -> bool:
+    paths = [folder.log, folder.history, folder.process, *folder.checkpoint_files()]
+    for p in paths:
+        try:
+            if p.stat().st_mtime >= since:
+                return True
+        except OSError:
+            continue
+    return False
 
 
 def job_folders(sweep_dir: str | Path) -> list[Path]:
@@ -105,7 +171,8 @@ def read_sweep(sweep_dir: str | Path) -> list[Job]:
     """All jobs of a multirun, by job number; or the one run of a run folder."""
     sweep_dir = Path(sweep_dir)
     folders = job_folders(sweep_dir)
-    if not folders and RunFolder(sweep_dir).summary.is_file():
+    run = RunFolder(sweep_dir)
+    if not folders and (run.summary.is_file() or run.process.is_file()):
         return [read_job(sweep_dir)]
     if not folders:
         raise FileNotFoundError(

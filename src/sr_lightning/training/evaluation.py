@@ -8,6 +8,7 @@ bicubic rows beside it) and ``eval.py`` all come through here; the rows are
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 
 import lightning as L
@@ -18,11 +19,16 @@ from sr_lightning.runs.folder import PER_IMAGE
 from sr_lightning.runs.results import (
     PER_IMAGE_COLUMNS,
     RESULT_COLUMNS,
+    format_table,
     result_rows,
     write_per_image,
     write_results,
 )
+from sr_lightning.training.callbacks.progress import ProgressLog
+from sr_lightning.training.console import log_progress
 from sr_lightning.training.lit_module import SRLitModule
+
+log = logging.getLogger(__name__)
 
 
 def test_rows(
@@ -36,7 +42,8 @@ def test_rows(
 
 
 def trainer_for(device: str = "auto", progress: bool = False) -> L.Trainer:
-    """A one-process fp32 trainer for evaluation (``device``: auto, cpu, cuda, cuda:N)."""
+    """A one-process fp32 trainer for evaluation (``device``: auto, cpu, cuda, cuda:N); what it
+    tests, and a line a minute while it runs, go to the log (:class:`ProgressLog`)."""
     if device == "auto":
         accelerator, devices = "auto", 1
     elif device.startswith("cuda"):
@@ -52,15 +59,25 @@ def trainer_for(device: str = "auto", progress: bool = False) -> L.Trainer:
         enable_checkpointing=False,
         enable_model_summary=False,
         enable_progress_bar=progress,
+        callbacks=[ProgressLog(every_n_updates=None, every_s=60)],
     )
 
 
 def save_results(rows: list[dict], images: list[dict], path: Path) -> None:
-    """``results.json`` and, beside it, ``per_image.csv``; say where they are."""
+    """``results.json`` and, beside it, ``per_image.csv``; say where they are. The caller has
+    printed the table (``format_table(rows)``): it goes into the log file (``train.log``,
+    ``eval.log``) here, with the paths written."""
+    log_progress(log, "results on the test sets:\n%s", format_table(rows), printed=True)
     if write_results(rows, path):
-        print(f"results written to {path}")
+        _say(f"results written to {path}")
     if write_per_image(images, path.with_name(PER_IMAGE)):
-        print(f"per-image results written to {path.with_name(PER_IMAGE)}")
+        _say(f"per-image results written to {path.with_name(PER_IMAGE)}")
+
+
+def _say(line: str) -> None:
+    """Printed, and into the log file."""
+    print(line)
+    log_progress(log, "%s", line, printed=True)
 
 
 def log_result_tables(trainer: L.Trainer, rows: list[dict], images: list[dict]) -> None:

@@ -14,6 +14,7 @@ from torch import nn
 
 from sr_lightning.core.inference import receptive_radius, set_tf32, super_resolve
 from sr_lightning.core.metrics import SRMetrics
+from sr_lightning.data.datamodule import is_no_image
 from sr_lightning.models import Bicubic, record
 from sr_lightning.models.checkpoint import PROTOCOLS_KEY, RECORD_KEY, init_from_checkpoint
 from sr_lightning.runs.folder import RunFolder
@@ -135,6 +136,7 @@ class SRLitModule(L.LightningModule):
         n_image_panels: int = 4,
         log_prefix: str = "",
         tf32: bool = False,
+        init_from_partial: bool = False,
     ):
         super().__init__()
         recipe = OptimRecipe.from_mapping(optim)
@@ -142,7 +144,7 @@ class SRLitModule(L.LightningModule):
         self.hparams["optim"] = asdict(recipe)  # plain values: loads with weights_only=True
         self.recipe = recipe
         if init_from:
-            init_from_checkpoint(net, init_from)
+            init_from_checkpoint(net, init_from, allow_partial=init_from_partial)
         if channels_last:
             net = net.to(memory_format=torch.channels_last)
         self.net = net
@@ -284,11 +286,15 @@ class SRLitModule(L.LightningModule):
         return Bicubic(scales, rgb_range=self.rgb_range)
 
     def validation_step(self, batch: dict, batch_idx: int, dataloader_idx: int = 0) -> None:
+        if is_no_image(batch):  # a rank with no image of any set (more ranks than images)
+            return
         sr = self._eval_step(batch, dataloader_idx, ensemble=False)
         if dataloader_idx == 0 and batch_idx < self.hparams.n_image_panels:
             self._save_sample(batch, sr)
 
     def test_step(self, batch: dict, batch_idx: int, dataloader_idx: int = 0) -> None:
+        if is_no_image(batch):
+            return
         self._eval_step(batch, dataloader_idx, ensemble=self.hparams.self_ensemble)
 
     def _log_eval(self, stage: str) -> list[EvalResult]:

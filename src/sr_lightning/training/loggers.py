@@ -3,7 +3,9 @@
 - :class:`CSVLogger`: appends safely across processes (resume, the ``ddp_spawn`` test worker);
   a failed write (disk full) is reported once and leaves ``metrics.csv`` readable.
 - :class:`WandbLogger`: falls back to offline mode when the W&B server cannot be reached or
-  refuses the run, and reports a failed media write (disk full) instead of raising.
+  refuses the run, and reports a failed media write (disk full) instead of raising; names,
+  groups and tags its run after the run (:func:`run_labels`): a sweep job by its swept
+  overrides, in one group per sweep.
 
 Checkpoints are not written here: their errors must propagate (see ``AtomicCheckpointIO``).
 """
@@ -14,9 +16,11 @@ import contextlib
 import csv
 import logging
 import os
+import re
 import socket
 import threading
 import urllib.request
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -177,6 +181,116 @@ def run_id(save_dir: str | os.PathLike) -> str:
     return hashlib.sha1(str(Path(save_dir).resolve()).encode()).hexdigest()[:16]
 
 
+def network_name(naming: Mapping[str, Any], with_scales: bool = True) -> str | None:
+    """The network of ``naming`` (``preset`` and the ``model.net`` sizes) as a results table
+    names it (``edsr_baseline``, ``edsr 4x32``, ``mdsr``), with its scales: ``edsr 4x32 x2``."""
+    from sr_lightning.models.catalogue import describe, get_preset
+
+    preset = naming.get("preset")
+    if not preset:
+        return None
+    try:
+        arch = get_preset(str(preset)).arch
+        rec = {
+            "arch": arch,
+            "n_resblocks": int(naming["n_resblocks"]),
+            "n_feats": int(naming["n_feats"]),
+            "res_scale": float(naming["res_scale"]),
+            "norm": str(naming.get("norm") or "none"),
+        }
+        name = describe(rec)
+    except (ValueError, KeyError, TypeError):  # an unknown preset, a size not given
+        name = str(preset)
+    scales = naming.get("scales")
+    if isinstance(scales, str | int):
+        scales = [scales]
+    if scales and with_scales:
+        name += " " + " ".join(f"x{s}" for s in scales)
+    return name
+
+
+def swept_keys(hydra_cfg: Any) -> list[str]:
+    """The config keys a multirun sweeps: its sweeper's ``params`` (``+seeds=two``, an
+    experiment's, Optuna's) and the sweeps of its command line (``model.net.norm=batch,none``),
+    read from the sweep folder's ``multirun.yaml`` (written by Hydra's basic sweeper)."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from omegaconf import OmegaConf
+
+    lines = [f"{k}={v}" for k, v in (OmegaConf.select(hydra_cfg, "sweeper.params") or {}).items()]
+    sweep_dir = OmegaConf.select(hydra_cfg, "sweep.dir")
+    multirun = Path(str(sweep_dir)) / "multirun.yaml"
+    if sweep_dir and multirun.is_file():
+        with contextlib.suppress(Exception):  # unreadable: the sweeper's params still count
+            saved = OmegaConf.load(multirun)
+            lines += [str(o) for o in OmegaConf.select(saved, "hydra.overrides.task") or []]
+    parser = OverridesParser.create()
+    keys: list[str] = []
+    for line in lines:
+        try:
+            override = parser.parse_overrides([line])[0]
+        except Exception:
+            continue
+        if override.is_sweep_override() and override.key_or_group not in keys:
+            keys.append(override.key_or_group)
+    return keys
+
+
+def sweep_job_name(hydra_cfg: Any) -> str | None:
+    """``norm=batch,seed=0``: this job's values of the swept keys, in the order of its
+    overrides, each key by its last part unless two swept keys share it."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from omegaconf import OmegaConf
+
+    swept = swept_keys(hydra_cfg)
+    parser = OverridesParser.create()
+    values: dict[str, str] = {}
+    for line in OmegaConf.select(hydra_cfg, "overrides.task") or []:
+        try:
+            override = parser.parse_overrides([str(line)])[0]
+        except Exception:
+            continue
+        if override.key_or_group in swept and not override.is_sweep_override():
+            # as written (1e-3, not 0.001)
+            text = str(line).partition("=")[2]
+            values[override.key_or_group] = text or override.get_value_element_as_str()
+    last = {k: re.split(r"[./]", k)[-1] for k in values}
+    shared = {v for v in last.values() if list(last.values()).count(v) > 1}
+    parts = [f"{last[k] if last[k] not in shared else k}={v}" for k, v in values.items()]
+    return ",".join(parts) or None
+
+
+def run_labels(naming: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """W&B's ``name``, ``group`` and ``tags`` for this run, from Hydra's config and ``naming``
+    (``task_name``, the ``model.net`` preset and sizes, the scales; conf/logger/wandb.yaml):
+
+    - a job of a multirun: name = its swept overrides (``norm=batch,seed=0``), group = the
+      sweep (``<task_name>/<sweep folder name>``: a sweep extended in its folder keeps it);
+    - a single run: name = the network (``edsr 4x32 x2``), no group;
+    - tags: the experiment (``hydra.runtime.choices.experiment``, else ``task_name``), the
+      model preset and the network.
+    """
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+    from omegaconf import OmegaConf
+
+    naming = naming or {}
+    hydra_cfg = HydraConfig.get() if HydraConfig.initialized() else None
+    task = str(naming.get("task_name") or "") or None
+    network = network_name(naming)
+    net = network_name(naming, with_scales=False)
+    experiment = OmegaConf.select(hydra_cfg, "runtime.choices.experiment") if hydra_cfg else None
+    labels: dict[str, Any] = {"name": network, "group": None}
+    if hydra_cfg is not None and hydra_cfg.mode == RunMode.MULTIRUN:
+        job = OmegaConf.select(hydra_cfg, "job.num")
+        labels["name"] = sweep_job_name(hydra_cfg) or f"{network or task or 'job'} #{job}"
+        sweep = Path(str(OmegaConf.select(hydra_cfg, "sweep.dir") or "")).name
+        labels["group"] = "/".join(dict.fromkeys(p for p in (task, sweep) if p)) or None
+    preset = naming.get("preset")
+    tags = [str(t) for t in (experiment or task, preset, net) if t]
+    labels["tags"] = [t[:64] for t in dict.fromkeys(tags)]  # W&B takes up to 64 characters
+    return labels
+
+
 def _short(e: BaseException) -> str:
     return f"{type(e).__name__}: {(str(e).splitlines() or [''])[0]}"
 
@@ -191,6 +305,10 @@ class WandbLogger(_WandbLogger):
     (``wandb sync <dir>`` uploads it later); should that fail too, W&B is disabled for the
     run. Offline and disabled modes never touch the network. A failed write of logged media
     (disk full) is reported once and dropped.
+
+    With ``naming`` (conf/logger/wandb.yaml passes it), a ``name``, ``group`` or ``tags`` left
+    ``None`` is the run's (:func:`run_labels`): a sweep job is named by its swept overrides,
+    in one group per sweep.
     """
 
     def __init__(
@@ -198,8 +316,21 @@ class WandbLogger(_WandbLogger):
         *args: Any,
         init_timeout: float | None = 30.0,
         probe_timeout: float = 3.0,
+        group: str | None = None,
+        tags: Sequence[str] | None = None,
+        naming: Mapping[str, Any] | None = None,
         **kwargs: Any,
     ) -> None:
+        given = {"name": kwargs.get("name"), "group": group, "tags": tags}
+        if naming is not None:
+            labels = run_labels(naming)
+            given = {k: v if v is not None else labels.get(k) for k, v in given.items()}
+        if given["name"] is not None:
+            kwargs["name"] = given["name"]
+        if given["group"] is not None:
+            kwargs["group"] = given["group"]
+        if given["tags"] is not None:
+            kwargs["tags"] = [str(t) for t in given["tags"]]
         if not (args or kwargs.get("id") or kwargs.get("version")) and kwargs.get("save_dir"):
             # one W&B run per run folder: a resumed run (same folder) continues it, online or
             # offline (Lightning passes resume="allow")

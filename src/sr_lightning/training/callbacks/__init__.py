@@ -2,6 +2,7 @@
 
 from sr_lightning.training.callbacks.divergence import DivergenceError, DivergenceGuard
 from sr_lightning.training.callbacks.history import MetricHistory
+from sr_lightning.training.callbacks.progress import ProgressLog
 from sr_lightning.training.callbacks.resume import AtomicCheckpointIO, Resumable
 from sr_lightning.training.callbacks.throughput import ImagesPerSecond
 
@@ -11,5 +12,6 @@ __all__ = [
     "DivergenceGuard",
     "ImagesPerSecond",
     "MetricHistory",
+    "ProgressLog",
     "Resumable",
 ]
