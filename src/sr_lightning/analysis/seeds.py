@@ -128,14 +128,10 @@ class Pairing:
         out and how many seeds an effect of ``effect`` dB would take, the image spread."""
         va, vb = self.a.setting.get(self.key, "-"), self.b.setting.get(self.key, "-")
         a, b = f"{self.key}={va}", f"{self.key}={vb}"
-        role = (
-            "primary"
-            if self.primary
-            else (
-                f"secondary, Holm over {self.family} set{'s' if self.family > 1 else ''}: "
-                f"adjusted p {self.p_holm:.3f}"
-            )
-        )
+        role = "primary"
+        if not self.primary:
+            role = f"secondary, Holm over {self.family} set{'s' if self.family > 1 else ''}"
+            role += f": adjusted p {self.p_holm:.3f}" if self.diff is not None else ""
         head = (
             f"- {b} vs {va}, {self.dataset} x{self.scale} [{role}], {self.n_seeds} seeds x "
             f"{self.n_images} images"
