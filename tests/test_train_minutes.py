@@ -30,7 +30,6 @@ class Slow(L.Callback):
 def args(cache: Path) -> list[str]:
     return [
         *tiny_args(cache),  # 2 epochs of 3 updates: a validation at steps 3 and 6
-        "data.num_workers=0",
         "data.val_sets=[sample]",
         "test_after_fit=false",
         "+callbacks.slow._target_=test_train_minutes.Slow",
