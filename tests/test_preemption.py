@@ -197,12 +197,6 @@ def ddp_reference(tmp_path_factory, sample_cache) -> Path:
     return run
 
 
-@pytest.mark.xfail(
-    reason="known regression (2026-12-04, commits d6359f6..): after the resume, the final "
-    "validation at step 24 runs but last.ckpt stays at step 16; weights and logs are "
-    "complete. To fix first (issue 24 item 2, resume at every kill point)",
-    strict=False,
-)
 def test_sigterm_under_ddp_stops_every_rank_at_one_step_and_resumes_exactly(
     tmp_path, sample_cache, ddp_reference
 ):

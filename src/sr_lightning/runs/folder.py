@@ -32,6 +32,7 @@ BEST_PREFIX = "best-"
 # ModelCheckpoint file name patterns (conf/callbacks reads them through ${sr_run:...})
 BEST_FILENAME = BEST_PREFIX + "step{step:07d}-psnr{val/psnr:.3f}"
 STEP_FILENAME = "step{step:07d}"
+LAST_FILENAME = "last"  # at every validation, improved or not
 PREEMPTED = "preempted.ckpt"
 RECORDED_CONFIG = "config.yaml"  # in checkpoints/
 OVERRIDES = ".hydra/overrides.yaml"
@@ -49,6 +50,7 @@ NAMES = {
     "checkpoints": CHECKPOINTS,
     "best_filename": BEST_FILENAME,
     "step_filename": STEP_FILENAME,
+    "last_filename": LAST_FILENAME,
 }
 FINISHED = ("completed", "diverged")  # a sweep run again does not train these jobs twice
 
