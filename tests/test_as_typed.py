@@ -71,7 +71,7 @@ def test_eval_py_scores_the_one_checkpoint_a_glob_matches(tiny_run, sample_cache
         [*common, f"ckpt_path={tiny_run}/checkpoints/best-*.ckpt"], tmp_path / "glob"
     )
     by_path = run_eval_in_process([*common, f"ckpt_path={best}"], tmp_path / "path")
-    assert by_glob == by_path and by_glob[0]["model"] == best.stem  # the file's, not "best-*"
+    assert by_glob == by_path and by_glob[0]["model"] == "EDSR (1x8) x2"  # the network's
     with caplog.at_level(logging.ERROR), pytest.raises(SystemExit) as exit_:
         run_eval_in_process([*common, f"ckpt_path={tiny_run}/checkpoints/*.ckpt"], tmp_path)
     assert exit_.value.code == 1

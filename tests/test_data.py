@@ -94,6 +94,26 @@ def test_ranks_agree_on_the_scale_and_split_the_images(data_root, cache_dir):
     assert counts.max() - counts.min() <= 1  # every image equally often
 
 
+@pytest.mark.parametrize("world", [2, 4])
+def test_the_global_batch_is_the_same_on_any_number_of_processes(data_root, cache_dir, world):
+    """1 process x 8 patches and N processes x 8/N: rank r's batches are slice r of the one
+    process's, bit for bit (scales too: MDSR), in every epoch and from a mid-epoch start."""
+    images = make_dm(data_root, cache_dir, scales=[2, 3, 4]).train_data.images
+    one = PatchBatches(images, 16, 8, 6, True, seed=3)
+    ranks = [
+        PatchBatches(images, 16, 8 // world, 6, True, seed=3, rank=r, world_size=world)
+        for r in range(world)
+    ]
+    for epoch, first in [(0, 0), (1, 0), (2, 4)]:
+        for data in (one, *ranks):
+            data.epoch, data.first_batch = epoch, first
+        whole, parts = list(one), [list(r) for r in ranks]
+        for k, batch in enumerate(whole):
+            assert {p[k]["scale"] for p in parts} == {batch["scale"]}
+            for key in ("lr", "hr"):
+                assert torch.equal(torch.cat([p[k][key] for p in parts]), batch[key])
+
+
 def test_unpadded_sampler_scores_each_image_once():
     data = list(range(5))
     idx = [i for r in (0, 1) for i in UnpaddedDistributedSampler(data, 2, r)]

@@ -167,8 +167,9 @@ def test_eval_cli_with_an_authors_checkpoint_and_self_ensemble(data_root, tmp_pa
         ],
         tmp_path / "run",
     )
-    (row,) = json.loads(out.read_text())
-    assert row["model"] == "edsr_tiny_x4" and row["self_ensemble"] is True
+    row, bicubic = json.loads(out.read_text())  # the network's row, bicubic's beside it
+    assert row["model"] == "EDSR (1x8) x4" and row["self_ensemble"] is True
+    assert (bicubic["model"], bicubic["self_ensemble"]) == ("bicubic", False)
     assert row["n_images"] == 5
     expected = score(net, data_root, ["Set5"], [4], model_name="m", self_ensemble=True)
     assert row["psnr"] == pytest.approx(expected[0]["psnr"], abs=1e-4)

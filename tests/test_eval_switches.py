@@ -43,7 +43,8 @@ def test_each_eval_switch_changes_what_is_computed(weights, data_root, cache_dir
     assert plain["protocol"] == {
         "channels": "y", "border": 2, "lr_source": "file", "degradation": "bicubic",
     }  # fmt: skip
-    assert read_json(tmp_path / "a" / "results.json") == [plain]  # results_path's default
+    written = read_json(tmp_path / "a" / "results.json")  # results_path's default
+    assert written[0] == plain and [r["model"] for r in written] == [plain["model"], "bicubic"]
 
     (ensembled,) = evaluate(pt, data_root, cache_dir, tmp_path / "b", "model.self_ensemble=true")
     assert ensembled["self_ensemble"] is True

@@ -63,10 +63,11 @@ def recorded_files(run: Path) -> dict[str, bytes]:
 
 
 def start_and_kill(
-    run: Path, cache: Path, sig: int, after_step: int, *extra: str
+    run: Path, cache: Path, sig: int, after_step: int, *extra: str, target: str = ""
 ) -> subprocess.Popen:
-    """Start a slowed-down run; once a checkpoint of ``after_step`` exists, signal the whole
-    process group (the trainer and its data worker, as SLURM does) and wait for the end."""
+    """Start a slowed-down run; once a checkpoint of ``after_step`` (or ``checkpoints/target``)
+    exists and a later step is logged, signal the whole process group (the trainer and its
+    data worker, as SLURM does) and wait for the end."""
     slow = [
         *SLOW,
         # rows of the steps after the checkpoint reach the file: the resumed run must drop them
@@ -85,7 +86,7 @@ def start_and_kill(
         # and Python then never raises KeyboardInterrupt; a terminal's Ctrl-C is never ignored
         preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
-    target = run / "checkpoints" / f"step{after_step:07d}.ckpt"
+    target = run / "checkpoints" / (target or f"step{after_step:07d}.ckpt")
     deadline = time.time() + 120
     # kill once the checkpoint exists and the log already holds a step after it
     while not target.exists() or max(train_steps_logged(run), default=-1) <= after_step:
@@ -147,6 +148,70 @@ def test_sigkill_then_resume_equals_the_uninterrupted_run(tmp_path, sample_cache
     assert {k: after[k] for k in before if k != "summary.json"} == {
         k: v for k, v in before.items() if k != "summary.json"
     }
+
+
+@pytest.mark.parametrize("limit", ["max_epochs", "max_steps"])
+def test_sigkill_after_an_epoch_end_checkpoint_resumes_exactly(
+    tmp_path, sample_cache, reference, limit
+):
+    """Killed just after the first epoch's ``last.ckpt`` (the issue's reproduction: with
+    ``trainer.max_steps`` Lightning 2.6 counted that epoch twice on resume and stopped an
+    epoch early, reporting "completed"); both stopping rules, the newest checkpoint being the
+    epoch end's (no step checkpoint)."""
+    run = tmp_path / "run"
+    extra = ["callbacks.step_checkpoint.every_n_train_steps=1000"]
+    extra += [f"trainer.max_steps={STEPS}"] if limit == "max_steps" else []
+    proc = start_and_kill(run, sample_cache, signal.SIGKILL, 8, *extra, target="last.ckpt")
+    assert proc.returncode == -signal.SIGKILL
+    assert [p.name for p in (run / "checkpoints").glob("*.ckpt") if "best" not in p.name] == [
+        "last.ckpt"
+    ]
+    assert ckpt_step(run / "checkpoints" / "last.ckpt") == 8  # epoch 0 ended and validated
+    resume_as_the_readme_says(run)
+    assert json.loads((run / "summary.json").read_text())["steps"] == STEPS
+    assert_matches_reference(run, reference)
+
+
+def test_no_loader_worker_outlives_its_killed_trainer(tmp_path, sample_cache):
+    """``kill -9`` of the trainer alone (the OOM killer, a node agent): its data worker, busy
+    or blocked in any state, is gone within seconds (the kernel kills it: PR_SET_PDEATHSIG)."""
+    run = tmp_path / "run"
+    env = {**os.environ, "WANDB_MODE": "disabled", **PLUGINS, **SLEEP}
+    proc = subprocess.Popen(
+        [sys.executable, str(REPO / "train.py"), *args(sample_cache, run), *SLOW],
+        cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )  # fmt: skip
+    deadline = time.time() + 120
+    while not (children := children_of(proc.pid)) or not (run / "checkpoints").is_dir():
+        assert proc.poll() is None and time.time() < deadline
+        time.sleep(0.05)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait(timeout=30)
+    gone_by = time.time() + 10
+    while alive := [pid for pid in children if Path(f"/proc/{pid}").exists() and not zombie(pid)]:
+        assert time.time() < gone_by, f"loader workers {alive} outlived their trainer by 10 s"
+        time.sleep(0.05)
+
+
+def children_of(pid: int) -> list[int]:
+    """Processes whose parent is ``pid`` (Linux /proc)."""
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid:
+            found.append(int(stat.parent.name))
+    return found
+
+
+def zombie(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
+    except OSError:
+        return False
 
 
 def test_sigterm_saves_a_checkpoint_then_resume_equals_the_uninterrupted_run(

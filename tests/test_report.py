@@ -223,7 +223,9 @@ def test_main_errors(tmp_path, capsys):
     assert "multirun folder not found" in capsys.readouterr().err
     (tmp_path / "empty").mkdir()
     assert main([str(tmp_path / "empty")]) == 1
-    assert "no job folders (0, 1, ...) and no summary.json" in capsys.readouterr().err
+    assert "no job folders (named like norm-batch+seed-0, or 0, 1, ...) and no summary.json" in (
+        capsys.readouterr().err
+    )
 
 
 def test_wandb_disabled_is_a_warning(sweep, monkeypatch, capsys):

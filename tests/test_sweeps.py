@@ -1,7 +1,8 @@
 """The ablation sweeps as real Hydra multiruns (tiny, CPU), and the report over them.
 
 Each job trains one epoch of 10 updates (a 1x8 EDSR on 12 px patches) and validates once;
-the report's own logic is tested on synthetic job folders in ``test_report.py``."""
+the report's own logic is tested on synthetic job folders in ``test_report.py``, the placing
+of jobs in their folders in process in ``test_sweep_folders.py``."""
 
 from __future__ import annotations
 
@@ -128,7 +129,14 @@ def test_pretrain_sweep_finds_its_x2_checkpoint(tmp_path, sample_cache):
     sweep = tmp_path / "sweep"
     multirun(sweep, sample_cache, "experiment=ablation_pretrain_smoke", "test_after_fit=false")
     assert [s["status"] for s in summaries(sweep)] == ["completed"] * 5
-    x2, _, x3_from_x2, _, x4_from_x2 = jobs(sweep)
+    x2, x3_from_x2, _, x4_from_x2, _ = jobs(sweep)  # each named by its stage
+    assert [job.path.name for job in jobs(sweep)] == [
+        "stage-x2",
+        "stage-x3_from_x2",
+        "stage-x3_scratch",
+        "stage-x4_from_x2",
+        "stage-x4_scratch",
+    ]
     for job in (x3_from_x2, x4_from_x2):
         log = job.log.read_text()
         assert f"init_from {x2.checkpoints}/best-" in log
@@ -146,7 +154,10 @@ def test_a_killed_sweep_run_again_trains_only_its_unfinished_jobs(tmp_path, samp
     )
     proc = subprocess.Popen(args, env=ENV, cwd=REPO, stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL, start_new_session=True)  # fmt: skip
-    diverged, completed, killed = (RunFolder(sweep / str(i)) for i in range(3))
+    # folders named by the swept value (as Hydra writes it), listed by the value
+    diverged, completed, killed = (
+        RunFolder(sweep / f"lr-{lr}") for lr in ("1000000000000.0", "0.001", "0.0005")
+    )
     deadline = time.time() + 240
     while not completed.summary.is_file():
         assert proc.poll() is None and time.time() < deadline
@@ -167,10 +178,91 @@ def test_a_killed_sweep_run_again_trains_only_its_unfinished_jobs(tmp_path, samp
     assert "diverged already, not trained again" in said
     assert "completed already, not trained again" in said
     assert {p: p.stat().st_mtime_ns for p in files} == stamp
-    assert [s["status"] for s in summaries(sweep)] == ["diverged", "completed", "completed"]
+    assert [job.path for job in jobs(sweep)] == [killed.path, completed.path, diverged.path]
+    assert [s["status"] for s in summaries(sweep)] == ["completed", "completed", "diverged"]
     assert killed.read_summary()["steps"] == STEPS
     report = build_report(sweep)
-    assert [r["diverged"] for r in report.rows] == ["yes", "no", "no"]
+    assert [r["diverged"] for r in report.rows] == ["no", "no", "yes"]
     md = (sweep / "report.md").read_text()
     assert "| yes |" in md and "| no |" in md
-    assert [md.count(f"| {i} | ") for i in range(3)] == [1, 1, 1]
+    assert [md.count(f"| {job.path.name} | ") for job in jobs(sweep)] == [1, 1, 1]
+
+
+def stamped(root: Path) -> dict[Path, tuple[int, bytes]]:
+    """Every file under ``root``: its modification time and bytes."""
+    return {p: (p.stat().st_mtime_ns, p.read_bytes()) for p in root.rglob("*") if p.is_file()}
+
+
+def trained_files(job: RunFolder) -> dict[Path, tuple[int, bytes]]:
+    """What a job's training wrote (:func:`stamped`): all but ``.hydra/`` (which Hydra writes
+    again for every job it starts, a finished one too) and ``train.log`` (appended to)."""
+    return {
+        p: stamp
+        for p, stamp in stamped(job.path).items()
+        if ".hydra" not in p.relative_to(job.path).parts and p != job.log
+    }
+
+
+def without_wall_times(md: str) -> list[str]:
+    """``report.md`` but its title (the folder) and the per-job wall times (not replicable)."""
+    lines = md.splitlines()[1:]
+    header = next(line for line in lines if line.startswith("| job |"))
+    column = [c.strip() for c in header.split("|")].index("wall time")
+    return [
+        "|".join(c for i, c in enumerate(line.split("|")) if i != column)
+        if line.startswith("|") and line.count("|") == header.count("|")
+        else line
+        for line in lines
+    ]
+
+
+def test_seeds_added_to_a_finished_sweep_train_only_the_new_jobs(tmp_path, sample_cache):
+    """``experiment=ablation_bn_smoke +seeds=two``, then ``+seeds=three`` into the same
+    hydra.sweep.dir (the extension that used to map new jobs onto old folders by job number):
+    the four finished jobs are found in their folders and not trained again, the two new
+    ones train in folders of their own, and the report is a clean 3-seed sweep's (runs are
+    deterministic per seed), verdicts and tables."""
+    extended, clean = tmp_path / "extended", tmp_path / "clean"
+    multirun(extended, sample_cache, "experiment=ablation_bn_smoke", "+seeds=two")
+    old = {job.path.name: trained_files(job) for job in jobs(extended)}
+    assert sorted(old) == [f"norm-{n}+seed-{s}" for n in ("batch", "none") for s in (0, 1)]
+
+    said = multirun(extended, sample_cache, "experiment=ablation_bn_smoke", "+seeds=three")
+    assert (said.stdout + said.stderr).count("completed already, not trained again") == 4
+    assert {name: trained_files(RunFolder(extended / name)) for name in old} == old
+    multirun(clean, sample_cache, "experiment=ablation_bn_smoke", "+seeds=three")
+    names = [f"norm-{n}+seed-{s}" for n in ("batch", "none") for s in (0, 1, 2)]
+    assert [j.path.name for j in jobs(extended)] == [j.path.name for j in jobs(clean)] == names
+    assert [s["status"] for s in summaries(extended)] == ["completed"] * 6
+
+    a, b = build_report(extended), build_report(clean)
+    assert [len(g.jobs) for g in a.groups] == [3, 3]
+    assert [pair.lines() for pair in a.pairs] == [pair.lines() for pair in b.pairs]
+    assert a.pairs and a.pairs[0].n_seeds == 3 and a.pairs[0].diff is not None  # a verdict
+    drop = {"wall_time_s"}
+    assert [{k: v for k, v in r.items() if k not in drop} for r in a.rows] == [
+        {k: v for k, v in r.items() if k not in drop} for r in b.rows
+    ]
+    md_a, md_b = ((s / "report.md").read_text() for s in (extended, clean))
+    assert without_wall_times(md_a) == without_wall_times(md_b)
+
+
+def test_a_sweep_with_other_settings_is_refused_before_anything_is_written(tmp_path, sample_cache):
+    """A finished sweep, then the same sweep folder with another number of updates: exit code
+    2 and one message naming a job folder and the key (no Hydra traceback), before Hydra
+    launches or writes anything: no folder's ``.hydra/`` rewritten, no new folder."""
+    sweep = tmp_path / "sweep"
+    multirun(sweep, sample_cache, "experiment=smoke", "test_after_fit=false", "seed=0,1")
+    assert [job.path.name for job in jobs(sweep)] == ["seed-0", "seed-1"]
+    before = stamped(tmp_path)
+    args = multirun_args(
+        sweep, sample_cache, "experiment=smoke", "test_after_fit=false", "seed=0,1,2",
+        "trainer.max_steps=5",
+    )  # fmt: skip
+    proc = subprocess.run(args, capture_output=True, text=True, timeout=600, env=ENV, cwd=REPO)
+    assert proc.returncode == 2, proc.stdout[-2000:] + proc.stderr[-4000:]
+    (line,) = [x for x in proc.stderr.splitlines() if x.startswith("error:")]
+    assert f"{sweep / 'seed-0'} holds a job with trainer.max_steps=-1 (this command: 5)" in line
+    assert "Traceback" not in proc.stderr + proc.stdout and "Launching" not in proc.stdout
+    assert stamped(tmp_path) == before
+    assert sorted(p.name for p in sweep.iterdir()) == ["multirun.yaml", "seed-0", "seed-1"]

@@ -36,13 +36,15 @@ def test_train_end_to_end_writes_results_and_checkpoints(tmp_path, sample_cache)
 
     samples = sorted(p.name for p in (run / "samples").glob("*.png"))
     assert samples == [
-        f"sample_x2_{image}_step{step}.png" for image in ("astronaut", "coffee") for step in (3, 6)
+        f"sample_x2_{image}_step{step:07d}.png"
+        for image in ("astronaut", "coffee")
+        for step in (3, 6)
     ]
     for path in [*(run / "samples").glob("*.png"), run / "curves.png"]:
         with Image.open(path) as im:
             im.verify()
-    with Image.open(run / "samples" / samples[0]) as im:  # 4 crops of 48 LR = 96 HR px
-        assert im.size == (4 * 96 + 3 * 2, 96 + 14)
+    with Image.open(run / "samples" / samples[0]) as im:  # thumbnail + 4 crops of 192 HR px,
+        assert im.width >= 5 * 384 and im.height > 384  # shown x2 (test_pictures.py: layout)
     import csv
 
     with open(run / "per_image.csv", newline="") as f:
@@ -124,13 +126,13 @@ def test_ddp_cpu_multirun_folders_and_a_diverged_job(tmp_path, sample_cache):
         timeout=600,
     )
     jobs = sorted(p.name for p in sweep.iterdir() if p.is_dir())
-    assert jobs == ["0", "1"]
-    diverged, completed = (json.loads((sweep / j / "summary.json").read_text()) for j in jobs)
+    assert jobs == ["lr-0.0005", "lr-1e_30"]  # named by the swept value, as Hydra writes it
+    completed, diverged = (json.loads((sweep / j / "summary.json").read_text()) for j in jobs)
     assert diverged["status"] == "diverged", diverged
     assert diverged["error"].startswith("non-finite training loss at step")
     assert completed["status"] == "completed"
-    assert (sweep / "1" / "checkpoints" / "last.ckpt").is_file()
-    tested = json.loads((sweep / "1" / "results.json").read_text())  # tested in the parent
+    assert (sweep / "lr-0.0005" / "checkpoints" / "last.ckpt").is_file()
+    tested = json.loads((sweep / "lr-0.0005" / "results.json").read_text())  # in the parent
     assert [(r["model"], r["n_images"]) for r in tested] == [("edsr 1x8", 2), ("bicubic", 2)]
     for job in jobs:
         cfg = (sweep / job / "checkpoints" / "config.yaml").read_text()

@@ -173,7 +173,7 @@ def test_a_multirun_logged_offline_has_one_group_and_a_name_per_job(tmp_path, sa
     env.pop("WANDB_API_KEY", None)
     proc = subprocess.run(args, capture_output=True, text=True, timeout=600, env=env, cwd=REPO)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
-    runs = [_run_record(sweep / str(i)) for i in (0, 1)]
+    runs = [_run_record(sweep / f"norm-{norm}") for norm in ("batch", "none")]  # job folders
     assert [r.display_name for r in runs] == ["norm=batch", "norm=none"]
     assert {r.run_group for r in runs} == {"smoke/sweep"}
     assert list(runs[0].tags) == ["smoke", "edsr_baseline", "edsr 1x8 bn"]

@@ -11,6 +11,7 @@ import logging
 import signal
 import sys
 import time
+from pathlib import Path
 
 import lightning as L
 from lightning.pytorch.strategies.launchers import _MultiProcessingLauncher
@@ -82,11 +83,25 @@ def run_train(cfg: DictConfig) -> dict:
     recorder = rank_zero_only.rank == 0  # set from the environment (RANK, LOCAL_RANK, SLURM)
     if recorder:
         folder.write_process()
+    else:
+        leave_the_log_to_rank_zero(folder)
     try:
         return fit_and_test(cfg, folder)
     finally:
         if recorder:
             folder.end_process()
+
+
+def leave_the_log_to_rank_zero(folder: RunFolder) -> None:
+    """The processes of other ranks (under torchrun or srun: every node's, each with its own
+    Hydra) write nothing into the shared run folder's ``train.log``; their console stays."""
+    root = logging.getLogger()
+    for handler in list(root.handlers):
+        if isinstance(handler, logging.FileHandler) and (
+            Path(handler.baseFilename).resolve() == folder.log.resolve()
+        ):
+            root.removeHandler(handler)
+            handler.close()
 
 
 def fit_and_test(cfg: DictConfig, folder: RunFolder) -> dict:

@@ -70,6 +70,15 @@ def run_name(name: str) -> str:
     return NAMES[name]
 
 
+def sweep_job(*, _root_: Any) -> str:
+    """``${sr_sweep_job:}`` (``hydra.sweep.subdir``): the folder of a multirun job, the one that
+    holds the job already or one named by its swept overrides (``norm-batch+seed-0``; see
+    ``config/sweep_folders.py``)."""
+    from sr_lightning.config.sweep_folders import sweep_job_folder
+
+    return sweep_job_folder(_root_)
+
+
 def wandb_mode() -> str:
     from sr_lightning.training.wandb_mode import wandb_mode as mode
 
@@ -83,6 +92,7 @@ RESOLVERS = {
     "sr_auto_precision": auto_precision,
     "sr_preset": preset_value,
     "sr_run": run_name,
+    "sr_sweep_job": sweep_job,
     "sr_wandb_mode": wandb_mode,
 }
 

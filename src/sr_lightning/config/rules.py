@@ -1,16 +1,36 @@
 """Config shaping: every rule that rewrites a ``train.py`` config before the run, one function
-each, applied in order by :func:`shape_train_config`. Nothing else edits the composed config."""
+each, applied in order by :func:`shape_train_config`. Nothing else edits the composed config.
+
+Also the rules of the command line before Hydra sees it (:func:`prepare_command_line`) and of a
+sweep's job folders: where each job runs (:func:`sweep_job_folder`, Hydra's
+``hydra.sweep.subdir``) and the check of a whole sweep against its folder before the launch
+(:func:`refuse_a_sweep_its_folders_contradict`)."""
 
 from __future__ import annotations
 
+import json
 import logging
 import sys
+from pathlib import Path
+from typing import Any
 
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig, ListConfig, OmegaConf, open_dict
 
-from sr_lightning.config.keys import ConfigKeyError, check_command_line
+from sr_lightning.config.keys import REPO_CONF, ConfigKeyError, check_command_line
+from sr_lightning.config.sweep_folders import (
+    BASIC_SWEEPER,
+    SWEEP_SUBDIR,
+    flat_config,
+    identity_differences,
+    job_identity,
+    jobs_held,
+    listed_differences,
+    place_sweep_job,
+    run_environment_key,
+    sweep_keys,
+)
 from sr_lightning.models.checkpoint import find_checkpoint
 from sr_lightning.runs.folder import RunFolder
 from sr_lightning.runs.job import job_folders
@@ -114,11 +134,13 @@ def check_same_job(cfg: DictConfig, folder: RunFolder) -> None:
     if not recorded.is_file():
         return
     old, new = OmegaConf.load(recorded), cfg
-    # what makes the job the job (the strategy, paths, init_from=sweep:x2 are shaped per run)
+    # what makes the job the job (the strategy, paths, init_from=sweep:x2 are shaped per run;
+    # where the data lies and how it is loaded may change between the runs of a sweep)
     differ = [
         d
         for key in SAME_JOB_KEYS
         for d in _differences(_plain(old, key), _plain(new, key), f"{key}.")
+        if not run_environment_key(d)
     ]
     if differ:
         raise ValueError(
@@ -154,6 +176,132 @@ def continue_an_interrupted_sweep_job(cfg: DictConfig) -> None:
         )
         with open_dict(cfg):
             cfg.ckpt_path = "last"
+
+
+# ---- a sweep's job folders: one per job, found by what the job trains -----------------------
+
+
+# Keys of a job's config that say where and how it runs, not what it trains: a sweep is run
+# again or extended with other values of these (another machine or data copy, more loader
+# workers, another logger) and its jobs stay the same jobs, in the same folders. A command
+# that sweeps one of them (data.num_workers=0,2) makes it part of each job's identity.
+def _varying(identities: list[dict[str, Any]]) -> set[str]:
+    """The keys with more than one value among ``identities`` (the keys a sweep varies)."""
+    seen: dict[str, set[str]] = {}
+    for identity in identities:
+        for k, v in identity.items():
+            seen.setdefault(k, set()).add(json.dumps(v, sort_keys=True, default=str))
+    return {k for k, values in seen.items() if len(values) > 1}
+
+
+def _compose_sweep(config_name: str, overrides: list[str]):
+    """``(sweep folder, the sweep's command-line overrides, its jobs' configs, the jobs held
+    there)``, the jobs as Hydra's basic sweeper will launch them (in job-number order); None
+    where there is nothing to check: another sweeper (Optuna proposes its jobs as it goes), a
+    command line Hydra itself will refuse, or a sweep folder with no job folder yet."""
+    from hydra import initialize_config_dir
+    from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    GlobalHydra.instance().clear()
+    try:
+        with initialize_config_dir(str(REPO_CONF), version_base="1.3", job_name=config_name):
+            hydra = GlobalHydra.instance().hydra
+            master = hydra.compose_config(
+                config_name, overrides, run_mode=RunMode.MULTIRUN, with_log_configuration=False
+            )
+            sweep_dir = Path(str(master.hydra.sweep.dir))
+            held = jobs_held(sweep_dir)
+            if master.hydra.sweeper.get("_target_") != BASIC_SWEEPER or not held:
+                return None
+            task = [str(o) for o in master.hydra.overrides.task]
+            params = [f"{k}={v}" for k, v in (master.hydra.sweeper.get("params") or {}).items()]
+            parser = OverridesParser.create(config_loader=hydra.config_loader)
+            batches = BasicSweeper.split_arguments(parser.parse_overrides(params + task), None)
+            jobs = []
+            for num, job_overrides in enumerate(batches[0]):
+                job = hydra.config_loader.load_sweep_config(master, list(job_overrides))
+                with open_dict(job):
+                    job.hydra.job.num = num
+                jobs.append(job)
+            return sweep_dir, task, jobs, held
+    except Exception:  # noqa: BLE001  (Hydra reports its own errors, with its own words)
+        return None
+    finally:
+        GlobalHydra.instance().clear()
+
+
+def refuse_a_sweep_its_folders_contradict(config_name: str, argv: list[str]) -> None:
+    """``train.py -m ... hydra.sweep.dir=<a sweep folder with jobs>``: every job of the sweep
+    is placed (:func:`place_sweep_job`) and checked against the folders there before Hydra
+    launches or writes anything. Refused, in one message naming a folder and the keys, with
+    exit code 2:
+
+    - a setting the sweep does not vary (neither this command's jobs nor the folders' jobs
+      have more than one value of it) that differs between them: ``trainer.max_steps``, the
+      network's size, an edited experiment file; another sweep belongs in another folder;
+    - a job whose folder (by its swept overrides) holds a job with another config;
+    - two jobs of the command that would share a folder (the same job twice).
+
+    A sweep run again or extended (``+seeds=three`` after ``+seeds=two``, one more value of a
+    swept key) passes: its finished jobs are not trained again, interrupted ones resume, and
+    the new ones get folders of their own. Command lines with Hydra flags other than ``-m``
+    (``--config-dir``, ``--cfg``) are left to the check each job makes of its folder
+    (:func:`sweep_job_folder`)."""
+    args = argv[1:]
+    if not {"-m", "--multirun"} & set(args):
+        return
+    if any(a.startswith("-") and a not in ("-m", "--multirun") for a in args):
+        return
+    composed = _compose_sweep(config_name, [a for a in args if not a.startswith("-")])
+    if composed is None:
+        return
+    sweep_dir, task, jobs, held = composed
+    swept = sweep_keys(jobs[0], task)
+    mine = [job_identity(flat_config(job), swept) for job in jobs]
+    theirs = [(h, job_identity(h.config, swept)) for h in held if h.config is not None]
+    varying = _varying(mine) | _varying([t for _, t in theirs])
+    problems: dict[Path, str] = {}  # one line per folder
+    for h, identity in theirs:  # the settings of the sweep: equal in every job, old and new
+        keys = [k for k in identity_differences(identity, mine[0]) if k not in varying]
+        if keys:
+            problems[h.folder] = (
+                f"{h.folder} holds a job with {listed_differences(identity, mine[0], keys)}"
+            )
+    placed: dict[str, list[int]] = {}
+    ours = OmegaConf.to_container(jobs[0].hydra.sweep, resolve=False)["subdir"] == SWEEP_SUBDIR
+    for num, job in enumerate(jobs):
+        if ours:
+            name, holder = place_sweep_job(job, held, task)
+        else:  # hydra.sweep.subdir of one's own (${hydra.job.num}): its folder, whatever it holds
+            name = str(OmegaConf.select(job, "hydra.sweep.subdir"))
+            holder = next((h for h in held if h.folder.name == name and h.config), None)
+            if holder and not identity_differences(job_identity(holder.config, swept), mine[num]):
+                holder = None  # the same job
+        placed.setdefault(name, []).append(num)
+        if holder is not None and holder.folder not in problems:  # named as job #num
+            problems[holder.folder] = (
+                f"{holder.folder} holds another job than job #{num} of this command, with "
+                f"{listed_differences(job_identity(holder.config, swept), mine[num])}"
+            )
+    for name, nums in placed.items():
+        if len(nums) > 1 and sweep_dir / name not in problems:
+            problems[sweep_dir / name] = (
+                f"{sweep_dir / name} would hold jobs #{nums[0]} and #{nums[1]} of this command, "
+                "which differ only in where or how they run: the same job twice"
+            )
+    if problems:
+        first, *others = problems.values()
+        more = f" (and {len(others)} more job folder{'s' * (len(others) > 1)})" if others else ""
+        print(
+            f"error: hydra.sweep.dir={sweep_dir}: {first}{more}. Nothing was launched "
+            "or written. A sweep is run again, or extended with more seeds or more values of "
+            "its swept keys, by the command that started it; other settings make another "
+            "sweep: give it a new hydra.sweep.dir",
+            file=sys.stderr,
+        )
+        raise SystemExit(2)
 
 
 def resolve_last_checkpoint(cfg: DictConfig) -> None:
@@ -298,7 +446,8 @@ def shape_train_config(cfg: DictConfig) -> None:
 
 def prepare_command_line(config_name: str, argv: list[str]) -> list[str]:
     """What ``train.py`` / ``eval.py`` do before Hydra sees the command line: a resume gets
-    its run's own overrides back (``train``), and a misspelt key gets our did-you-mean."""
+    its run's own overrides back (``train``), a misspelt key gets our did-you-mean, and a
+    multirun into a sweep folder that holds jobs is checked against them (``train``)."""
     if config_name == "train":
         argv = restore_run_overrides(argv)
     try:
@@ -306,6 +455,8 @@ def prepare_command_line(config_name: str, argv: list[str]) -> list[str]:
     except ConfigKeyError as e:
         print(f"error: {e}", file=sys.stderr)
         raise SystemExit(2) from None
+    if config_name == "train":
+        refuse_a_sweep_its_folders_contradict(config_name, argv)
     return argv
 
 

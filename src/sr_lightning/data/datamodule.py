@@ -2,17 +2,9 @@
 
 from __future__ import annotations
 
-import atexit
 import logging
-import multiprocessing
-import os
-import signal
-import threading
-import time
 from collections.abc import Sequence
-from functools import partial
 from pathlib import Path
-from typing import Any
 
 import lightning as L
 import torch
@@ -36,6 +28,7 @@ from sr_lightning.data.degradation import check_degradation
 from sr_lightning.data.device_patches import DevicePatchBatches
 from sr_lightning.data.io import ImageError, to_rgb
 from sr_lightning.data.patches import PatchBatches
+from sr_lightning.data.workers import loader_worker_init
 
 log = logging.getLogger(__name__)
 
@@ -153,47 +146,6 @@ def label_validation_overlap(
             data.name = data.name + VALIDATION_SUFFIX
         out.append(data)
     return out
-
-
-SIGTERM_GRACE_S = 30.0  # a worker SIGTERMed while its parent trains on stops after this
-_PARENT_EXITING: Any = None
-
-
-def parent_exit_flag() -> Any:
-    """A shared-memory flag the main process sets when its interpreter exits (before
-    multiprocessing's own exit handler SIGTERMs and joins the daemonic loader workers). A raw
-    value, polled: a ``multiprocessing.Event`` would block its setter on waiters that died."""
-    global _PARENT_EXITING
-    if _PARENT_EXITING is None:
-        _PARENT_EXITING = multiprocessing.RawValue("b", 0)
-        atexit.register(setattr, _PARENT_EXITING, "value", 1)  # runs before multiprocessing's
-    return _PARENT_EXITING
-
-
-def finish_step_on_sigterm(parent_exiting: Any, worker_id: int) -> None:
-    """SIGTERM handling of a data worker (its ``worker_init_fn``).
-
-    SLURM sends SIGTERM to every process of a job: a worker must not die then, or the trainer's
-    step breaks half-way (a worker killed by a signal makes torch raise in the main process at
-    once). So a SIGTERM does not stop the worker while its parent trains: the trainer finishes
-    the step, saves ``preempted.ckpt`` and shuts the loader down itself. But when the parent
-    is exiting (Python's exit handler SIGTERMs its daemonic children, then waits for them), or
-    has not stopped the worker within ``SIGTERM_GRACE_S``, the worker exits at once with status
-    0 (which torch does not report as a crash): no process hangs at exit.
-    """
-
-    def wait_then_exit() -> None:
-        deadline = time.monotonic() + SIGTERM_GRACE_S
-        while not parent_exiting.value and time.monotonic() < deadline:
-            time.sleep(0.05)
-        os._exit(0)
-
-    def on_sigterm(signum: int, frame: object) -> None:
-        if parent_exiting.value:
-            os._exit(0)
-        threading.Thread(target=wait_then_exit, daemon=True).start()
-
-    signal.signal(signal.SIGTERM, on_sigterm)
 
 
 class SRDataModule(L.LightningDataModule):
@@ -454,7 +406,7 @@ class SRDataModule(L.LightningDataModule):
             num_workers=workers,
             pin_memory=self.pin_memory and default_device() == "cuda",
             prefetch_factor=4 if workers > 0 else None,
-            worker_init_fn=partial(finish_step_on_sigterm, parent_exit_flag()),
+            worker_init_fn=loader_worker_init(),
         )
 
     def _eval_loaders(self, sets: list[EvalDataset]) -> list[DataLoader]:
@@ -468,7 +420,7 @@ class SRDataModule(L.LightningDataModule):
                 batch_size=1,  # whole images of different sizes
                 sampler=UnpaddedDistributedSampler(ds, world, rank, share) if world > 1 else None,
                 num_workers=min(self.num_workers, 1) if share else 0,
-                worker_init_fn=partial(finish_step_on_sigterm, parent_exit_flag()),
+                worker_init_fn=loader_worker_init(),
             )
             for ds, share in zip(sets, shares, strict=True)
         ]

@@ -3,11 +3,15 @@ one scale per batch (MDSR, Sec. 3.3), built as whole uint8 batches inside the lo
 
 Why an IterableDataset of whole batches: every batch must hold one scale, and under DDP every
 rank must train the same scale at the same step (otherwise the scale-specific modules of MDSR get
-gradients averaged with zeros). The scale of batch ``k`` of an epoch is drawn from a generator
-seeded by (epoch seed, k) only, so all ranks agree without communication; patch positions are
-drawn from (epoch seed, k, rank). The epoch seed is a function of (seed, epoch) alone, and an
-epoch can start at batch ``first_batch``: a run resumed mid-epoch from a checkpoint sees exactly
-the batches the uninterrupted run would have seen (the data module sets both before each epoch).
+gradients averaged with zeros). Every decision of update ``k`` (its scale, then for each
+patch of the *global* batch its image, crop and transform) is drawn from (epoch seed, k) alone,
+and rank ``r`` of ``N`` takes patches ``[r * b, (r + 1) * b)`` of it (``b`` = global batch / N):
+all ranks agree without communication, and the same seed and global batch train the same
+network on 1, 2 or N processes, up to float summation order (a run may also resume on another
+number of processes: the stream goes on). The epoch seed is a function of (seed, epoch) alone,
+and an epoch can start at batch ``first_batch``: a run resumed mid-epoch from a checkpoint sees
+exactly the batches the uninterrupted run would have seen (the data module sets both before
+each epoch).
 The decisions of a batch (:meth:`PatchBatches.plan`) also drive the device-side pipeline
 (``device_patches``, ``data.on_device``), which therefore yields the same batches.
 """
@@ -57,8 +61,9 @@ def crop_pair(
 class PatchBatches(IterableDataset):
     """Yields ``updates_per_epoch`` batches ``{"lr", "hr", "scale"}`` of uint8 patches per epoch.
 
-    ``images[s]`` is the list of (LR, HR) uint8 (3, h, w) tensors (memory maps) at scale ``s``.
-    Every image is visited equally often: patch sources follow random permutations of the
+    ``images[s]`` is the list of (LR, HR) uint8 (3, h, w) tensors (memory maps) at scale ``s``;
+    ``batch_size`` is this process's share of the global batch (``world_size`` shares). Every
+    image is visited equally often: patch sources follow random permutations of the
     image list, split between ranks, as the reference code's ``repeat``.
     """
 
@@ -105,19 +110,22 @@ class PatchBatches(IterableDataset):
         return torch.cat([torch.randperm(self.n_images, generator=gen) for _ in range(n_perm)])
 
     def plan(self, epoch_seed: int, k: int, order: torch.Tensor) -> BatchPlan:
-        """The decisions of batch ``k`` of this rank, drawn from generators seeded by
-        (epoch seed, k, rank): the same in a worker, in process or on the device."""
+        """This rank's share of update ``k``: the global batch's decisions come from one
+        generator seeded by (epoch seed, k), patch after patch (y, x, then the transform), and
+        this rank keeps its slice. The same in a worker, in process or on the device."""
         scale = self.batch_scale(epoch_seed, k)
-        gen = torch.Generator().manual_seed(derive_seed(epoch_seed, k, self.rank))
-        start = (k * self.world_size + self.rank) * self.batch_size
-        images = order[start : start + self.batch_size].tolist()
+        # (epoch seed, k, 0): one process draws what it drew when this was seeded per rank
+        gen = torch.Generator().manual_seed(derive_seed(epoch_seed, k, 0))
+        total = self.batch_size * self.world_size
+        images = order[k * total : (k + 1) * total].tolist()
         ys, xs, transforms = [], [], []
-        for i in images:  # per patch: y, x, then the transform, from the one generator
+        for i in images:
             h, w = self.images[scale][i][0].shape[-2:]
             ys.append(int(torch.randint(0, h - self.patch_size + 1, (1,), generator=gen)))
             xs.append(int(torch.randint(0, w - self.patch_size + 1, (1,), generator=gen)))
             transforms.append(int(torch.randint(8, (1,), generator=gen)) if self.augment else 0)
-        return BatchPlan(scale, images, ys, xs, transforms)
+        mine = slice(self.rank * self.batch_size, (self.rank + 1) * self.batch_size)
+        return BatchPlan(scale, images[mine], ys[mine], xs[mine], transforms[mine])
 
     def make_batch(self, epoch_seed: int, k: int, order: torch.Tensor) -> dict:
         plan = self.plan(epoch_seed, k, order)

@@ -3,6 +3,7 @@
 ::
 
     <run>/.hydra/overrides.yaml     the run's command-line overrides (Hydra)
+    <run>/.hydra/config.yaml        the config Hydra composed (unresolved, before train.py's rules)
     <run>/train.log                 its log lines (Hydra's job logging)
     <run>/checkpoints/config.yaml   the resolved config it trained with
     <run>/checkpoints/best-step<N>-psnr<P>.ckpt, last.ckpt, step<N>.ckpt, preempted.ckpt
@@ -12,16 +13,23 @@
     <run>/results.json, per_image.csv   the test of the best checkpoint (and eval.py's)
     <run>/samples/<set>_x<s>_<image>_step<N>.png, curves.png   what a researcher looks at
 
+A multirun's job folders sit in its sweep folder, each named by the job's swept overrides
+(:func:`job_folder_name`: ``<sweep>/norm-batch+seed-0``), so that a sweep extended with more
+seeds or values keeps each job in its folder (``config/rules.py``: ``sweep_job_folder``).
+
 Writers are atomic (:mod:`.records`); the finders (best, newest, recorded config) and the
 reader of a whole job (:mod:`.job`) are the only code that looks inside a folder.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
+import re
 import socket
 import time
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +44,7 @@ LAST_FILENAME = "last"  # at every validation, improved or not
 PREEMPTED = "preempted.ckpt"
 RECORDED_CONFIG = "config.yaml"  # in checkpoints/
 OVERRIDES = ".hydra/overrides.yaml"
+COMPOSED_CONFIG = ".hydra/config.yaml"
 SUMMARY = "summary.json"
 PROCESS = "process.json"
 HISTORY = "history.csv"
@@ -53,6 +62,11 @@ NAMES = {
     "last_filename": LAST_FILENAME,
 }
 FINISHED = ("completed", "diverged")  # a sweep run again does not train these jobs twice
+# a job folder's name: key-value+key-value, characters a command line takes unquoted (Hydra
+# reads ',' and '=' in a value as its own syntax: ckpt_path=<sweep>/norm=batch,seed=0/... fails)
+NAME_KV, NAME_ITEM = "-", "+"
+NAME_UNSAFE = re.compile(r"[^A-Za-z0-9._@%-]")
+NAME_MAX = 120
 
 
 class RunFolder:
@@ -80,6 +94,10 @@ class RunFolder:
     @property
     def overrides(self) -> Path:
         return self.path / OVERRIDES
+
+    @property
+    def composed_config(self) -> Path:
+        return self.path / COMPOSED_CONFIG
 
     @property
     def summary(self) -> Path:
@@ -114,8 +132,8 @@ class RunFolder:
         return self.path / LOG
 
     def sample(self, dataset: str, scale: int, image: str, step: int) -> Path:
-        """``samples/<set>_x<s>_<image>_step<N>.png``."""
-        return self.samples / f"{dataset}_x{scale}_{image}_step{step}.png"
+        """``samples/<set>_x<s>_<image>_step<N>.png``, N in 7 digits (as the checkpoints')."""
+        return self.samples / f"{dataset}_x{scale}_{image}_step{step:07d}.png"
 
     # ---- finders ------------------------------------------------------------------------
     def checkpoint_files(self) -> list[Path]:
@@ -198,3 +216,18 @@ def process_start_ticks(pid: int) -> int | None:
     """When process ``pid`` started (see :func:`process_stat`), or None."""
     stat = process_stat(pid)
     return stat[1] if stat else None
+
+
+def job_folder_name(swept: Mapping[str, str]) -> str:
+    """``norm-batch+seed-0``: the folder of a sweep job, from its swept keys and values
+    (``training/loggers.py`` ``swept_values``, which also names its W&B run ``norm=batch,
+    seed=0``). A character a command line would need to quote becomes ``_``; a name over
+    :data:`NAME_MAX` characters is cut and ends with a digest of the whole. Empty when nothing
+    is swept."""
+    name = NAME_ITEM.join(
+        f"{NAME_UNSAFE.sub('_', str(k))}{NAME_KV}{NAME_UNSAFE.sub('_', str(v))}"
+        for k, v in swept.items()
+    )
+    if len(name) > NAME_MAX:
+        name = f"{name[: NAME_MAX - 9]}_{hashlib.sha1(name.encode()).hexdigest()[:8]}"
+    return name

@@ -160,15 +160,40 @@ def _changed_since(folder: RunFolder, since: float) -> bool:
 
 
 def job_folders(sweep_dir: str | Path) -> list[Path]:
-    """The job folders (``0``, ``1``, ...) of a multirun, by job number."""
-    return sorted(
-        (p for p in Path(sweep_dir).iterdir() if p.is_dir() and p.name.isdigit()),
-        key=lambda p: int(p.name),
+    """The job folders of a multirun: named by their swept overrides (``norm-batch+seed-0``,
+    :func:`~sr_lightning.runs.folder.job_folder_name`; any folder with Hydra's
+    ``.hydra/overrides.yaml`` or a ``summary.json``) or, in sweeps of older versions, by job
+    number (``0``, ``1``, ...). Numbered ones first, by number; then the named ones, their
+    numbers compared as numbers (``seed-2`` before ``seed-10``): a sweep extended with more
+    seeds lists its jobs as the same sweep run at once does."""
+    found = [p for p in Path(sweep_dir).iterdir() if p.is_dir() and _is_job_folder(p)]
+    return sorted(found, key=_folder_order)
+
+
+def _is_job_folder(path: Path) -> bool:
+    if path.name.isdigit():
+        return True
+    folder = RunFolder(path)
+    return not path.name.startswith(".") and (
+        folder.overrides.is_file() or folder.summary.is_file()
     )
 
 
+NUMBER = re.compile(r"(\d+(?:\.\d+)?(?:[eE][-+]?\d+)?)")
+
+
+def _folder_order(path: Path) -> tuple:
+    """Numbered folders by number, then names with their numbers compared as numbers
+    (``lr-0.0005`` before ``lr-0.001``, ``seed-2`` before ``seed-10``)."""
+    if path.name.isdigit():
+        return (0, int(path.name), [], path.name)
+    parts = NUMBER.split(path.name)  # text, number, text, ...
+    key = [(0, float(t), "") if i % 2 else (1, 0.0, t) for i, t in enumerate(parts)]
+    return (1, 0, key, path.name)
+
+
 def read_sweep(sweep_dir: str | Path) -> list[Job]:
-    """All jobs of a multirun, by job number; or the one run of a run folder."""
+    """All jobs of a multirun (in :func:`job_folders` order); or the one run of a run folder."""
     sweep_dir = Path(sweep_dir)
     folders = job_folders(sweep_dir)
     run = RunFolder(sweep_dir)
@@ -176,7 +201,7 @@ def read_sweep(sweep_dir: str | Path) -> list[Job]:
         return [read_job(sweep_dir)]
     if not folders:
         raise FileNotFoundError(
-            f"no job folders (0, 1, ...) and no summary.json in {sweep_dir}: is it a multirun "
-            "or a run folder?"
+            f"no job folders (named like norm-batch+seed-0, or 0, 1, ...) and no summary.json "
+            f"in {sweep_dir}: is it a multirun or a run folder?"
         )
     return [read_job(p) for p in folders]

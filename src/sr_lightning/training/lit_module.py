@@ -354,29 +354,34 @@ class SRLitModule(L.LightningModule):
         self.test_images = self.gathered_per_image()
 
     def _save_sample(self, batch: dict, sr: torch.Tensor) -> None:
-        """``samples/<set>_x<s>_<image>_step<N>.png`` in the run folder (any logger) and the
-        same panel, captioned, to the loggers that take images (W&B)."""
+        """``samples/<set>_x<s>_<image>_step<NNNNNNN>.png`` in the run folder (any logger) and
+        the same panel (:func:`~sr_lightning.training.pictures.sample_panel`), captioned, to
+        the loggers that take images (W&B)."""
         if self.trainer.sanity_checking:
             return
         data = self.eval_sets[0]
-        panel, caption = sample_panel(
-            self.to_float(batch["lr"][0]),
+        image = batch["name"][0]
+        bicubic = super_resolve(self.bicubic, self.to_float(batch["lr"][:1]), data.scale)
+        panel = sample_panel(
             sr[0],
+            bicubic[0],
             batch["hr"][0],
-            self.bicubic,
-            data.scale,
             data.protocol,
             self.rgb_range,
+            gray=bool(batch["gray"][0]),
+            title=f"{data.name} x{data.scale}, {image}, step {self.global_step}",
         )
-        name = f"{data.name}_x{data.scale}_{batch['name'][0]}"
         folder = RunFolder(self.trainer.default_root_dir)
-        path = folder.sample(data.name, data.scale, batch["name"][0], self.global_step)
+        path = folder.sample(data.name, data.scale, image, self.global_step)
         try:
-            save_png(panel, path)
+            save_png(panel.image, path)
         except OSError as e:  # a full disk: reported once, training goes on
             RUN_RECORDS.report(e, path)
         for logger in self.loggers:
             if hasattr(logger, "log_image"):
                 logger.log_image(
-                    key=f"samples/{name}", images=[panel], caption=[caption], step=self.global_step
+                    key=f"samples/{data.name}_x{data.scale}_{image}",
+                    images=[panel.image],
+                    caption=[panel.caption],
+                    step=self.global_step,
                 )

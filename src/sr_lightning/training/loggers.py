@@ -209,17 +209,20 @@ def network_name(naming: Mapping[str, Any], with_scales: bool = True) -> str | N
     return name
 
 
-def swept_keys(hydra_cfg: Any) -> list[str]:
+def swept_keys(hydra_cfg: Any, sweep_overrides: Sequence[str] | None = None) -> list[str]:
     """The config keys a multirun sweeps: its sweeper's ``params`` (``+seeds=two``, an
-    experiment's, Optuna's) and the sweeps of its command line (``model.net.norm=batch,none``),
-    read from the sweep folder's ``multirun.yaml`` (written by Hydra's basic sweeper)."""
+    experiment's, Optuna's) and the sweeps of its command line (``model.net.norm=batch,none``):
+    ``sweep_overrides`` where given (train.py, before the launch), else read from the sweep
+    folder's ``multirun.yaml`` (written by Hydra's basic sweeper)."""
     from hydra.core.override_parser.overrides_parser import OverridesParser
     from omegaconf import OmegaConf
 
     lines = [f"{k}={v}" for k, v in (OmegaConf.select(hydra_cfg, "sweeper.params") or {}).items()]
     sweep_dir = OmegaConf.select(hydra_cfg, "sweep.dir")
     multirun = Path(str(sweep_dir)) / "multirun.yaml"
-    if sweep_dir and multirun.is_file():
+    if sweep_overrides is not None:
+        lines += [str(o) for o in sweep_overrides]
+    elif sweep_dir and multirun.is_file():
         with contextlib.suppress(Exception):  # unreadable: the sweeper's params still count
             saved = OmegaConf.load(multirun)
             lines += [str(o) for o in OmegaConf.select(saved, "hydra.overrides.task") or []]
@@ -236,12 +239,18 @@ def swept_keys(hydra_cfg: Any) -> list[str]:
 
 
 def sweep_job_name(hydra_cfg: Any) -> str | None:
-    """``norm=batch,seed=0``: this job's values of the swept keys, in the order of its
-    overrides, each key by its last part unless two swept keys share it."""
+    """``norm=batch,seed=0``: this job's values of the swept keys (:func:`swept_values`)."""
+    return ",".join(f"{k}={v}" for k, v in swept_values(hydra_cfg).items()) or None
+
+
+def swept_values(hydra_cfg: Any, sweep_overrides: Sequence[str] | None = None) -> dict[str, str]:
+    """``{"norm": "batch", "seed": "0"}``: this job's values of the swept keys, as written, in
+    the order of its overrides, each key by its last part unless two swept keys share it. The
+    W&B run name and the job's folder (``runs/folder.py`` ``job_folder_name``) are made of it."""
     from hydra.core.override_parser.overrides_parser import OverridesParser
     from omegaconf import OmegaConf
 
-    swept = swept_keys(hydra_cfg)
+    swept = swept_keys(hydra_cfg, sweep_overrides)
     parser = OverridesParser.create()
     values: dict[str, str] = {}
     for line in OmegaConf.select(hydra_cfg, "overrides.task") or []:
@@ -255,8 +264,7 @@ def sweep_job_name(hydra_cfg: Any) -> str | None:
             values[override.key_or_group] = text or override.get_value_element_as_str()
     last = {k: re.split(r"[./]", k)[-1] for k in values}
     shared = {v for v in last.values() if list(last.values()).count(v) > 1}
-    parts = [f"{last[k] if last[k] not in shared else k}={v}" for k, v in values.items()]
-    return ",".join(parts) or None
+    return {(last[k] if last[k] not in shared else k): v for k, v in values.items()}
 
 
 def run_labels(naming: Mapping[str, Any] | None = None) -> dict[str, Any]:

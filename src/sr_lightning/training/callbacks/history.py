@@ -3,10 +3,12 @@ and its validation curves (``curves.png``)."""
 
 from __future__ import annotations
 
+import contextlib
 import time
 
 import lightning as L
 
+from sr_lightning.models import describe, record
 from sr_lightning.runs.folder import RunFolder
 from sr_lightning.runs.history import HEADER, read_history
 from sr_lightning.runs.records import WriteErrors, truncate_quietly
@@ -17,10 +19,13 @@ class MetricHistory(L.Callback):
     """Appends ``step,key,value`` rows to the run folder's ``history.csv`` (validation metrics
     and, at each validation, ``time/minutes``, the wall-clock minutes of ``fit`` since training
     started, validations included, and ``time/train_minutes``, the same without the time spent
-    in validation; ``train/loss`` every ``trainer.log_every_n_steps``), keeps the best and last
-    values, from which ``train.py`` writes ``summary.json`` for the reports, and draws
+    in validation; ``train/loss`` every ``trainer.log_every_n_steps``), keeps the last values
+    and the best validation's (every metric of the validation the best checkpoint monitors
+    highest, e.g. ``val/psnr``: its SSIM and per-set values come from that same step), from
+    which ``train.py`` writes ``summary.json`` for the reports, and draws
     ``curves.png`` at the end of ``fit``: validation PSNR against updates and against minutes,
-    with the bicubic level. Both clocks start at ``on_train_start`` (after the sanity check)
+    with the bicubic level and the best step, titled with the set, scale and run
+    (:func:`run_label`). Both clocks start at ``on_train_start`` (after the sanity check)
     and go on across resumes (in the checkpoint's callback state); a validation's time runs
     from ``on_validation_start`` to this callback's ``on_validation_end`` (the checkpoint saves
     of ``on_validation_end`` that follow it count as training)."""
@@ -103,7 +108,8 @@ class MetricHistory(L.Callback):
     def on_train_end(self, trainer, pl_module) -> None:
         if trainer.is_global_zero:
             try:
-                plot_curves(read_history(self.path), self.folder.curves)
+                run = run_label(self.folder, pl_module)
+                plot_curves(read_history(self.path), self.folder.curves, run=run)
             except OSError as e:
                 self.write_errors.report(e, self.folder.curves)
 
@@ -126,10 +132,45 @@ class MetricHistory(L.Callback):
         if self._validating_since is not None:  # this validation's time, from here on
             self._validation_seconds += time.monotonic() - self._validating_since
             self._validating_since = None
-        for key, value in rows.items():
-            self.final[key] = value
-            if key.startswith("time/"):
-                continue
-            if value == value and value > self.best.get(key, float("-inf")):  # not NaN
-                self.best[key] = value
+        self.final.update(rows)
+        scored = {k: v for k, v in rows.items() if not k.startswith("time/")}
+        monitor = best_monitor(trainer)
+        if monitor in scored:  # the checkpoint's validation, all of its metrics
+            if scored[monitor] > self.best.get(monitor, float("-inf")):  # NaN never is
+                self.best = scored
+        else:  # nothing monitored: each metric's own best
+            for key, value in scored.items():
+                if value == value and value > self.best.get(key, float("-inf")):  # not NaN
+                    self.best[key] = value
         self._append(trainer, rows)
+
+
+def best_monitor(trainer) -> str | None:
+    """The validation metric the best checkpoint is chosen by (``callbacks.best_checkpoint``:
+    a ModelCheckpoint monitoring a ``val/`` key, mode max), or None."""
+    for callback in trainer.checkpoint_callbacks:
+        monitor = getattr(callback, "monitor", None)
+        if monitor and monitor.startswith("val/") and getattr(callback, "mode", "") == "max":
+            return monitor
+    return None
+
+
+def run_label(folder: RunFolder, pl_module=None) -> str:
+    """The run as the curves name it: the experiment (Hydra's choice, when there is one), the
+    run folder (a sweep job's as ``<sweep folder>/<job folder>``) and the network
+    (``quickstart, 2024-06-01_12-00-00_123456, edsr 8x48``)."""
+    path = folder.path.resolve()
+    experiment, in_sweep = None, path.name.isdigit()
+    with contextlib.suppress(Exception):  # no Hydra config (a notebook): the folder says it
+        from hydra.core.hydra_config import HydraConfig
+        from hydra.types import RunMode
+
+        if HydraConfig.initialized():
+            hydra_cfg = HydraConfig.get()
+            experiment = hydra_cfg.runtime.choices.get("experiment")
+            in_sweep = in_sweep or hydra_cfg.mode == RunMode.MULTIRUN
+    parts = [str(experiment)] if experiment else []
+    parts.append(f"{path.parent.name}/{path.name}" if in_sweep else path.name)
+    with contextlib.suppress(AttributeError, TypeError, KeyError):  # not a catalogued network
+        parts.append(describe(record(pl_module.net)))
+    return ", ".join(dict.fromkeys(parts))  # a folder named as its experiment: said once
