@@ -281,4 +281,9 @@ def test_run_label_names_the_folder_a_sweep_job_with_its_sweep_and_the_network(t
     assert run_label(RunFolder(tmp_path / "2026-01-02_03-04-05_6"), module) == (
         "2026-01-02_03-04-05_6, edsr 1x8"
     )
+    (tmp_path / "sweep").mkdir()
+    (tmp_path / "sweep" / "multirun.yaml").write_text("hydra: {}\n")  # Hydra's, per sweep
     assert run_label(RunFolder(tmp_path / "sweep" / "3")) == "sweep/3"
+    assert run_label(RunFolder(tmp_path / "sweep" / "norm-batch+seed-0")) == (
+        "sweep/norm-batch+seed-0"
+    )

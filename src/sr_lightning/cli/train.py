@@ -21,6 +21,7 @@ from omegaconf import DictConfig, OmegaConf
 from sr_lightning.config.build import build_training
 from sr_lightning.config.keys import check_keys
 from sr_lightning.config.rules import finished_sweep_job, shape_train_config
+from sr_lightning.config.sweep_devices import hold_a_free_device_slot
 from sr_lightning.data.io import ImageError
 from sr_lightning.models import Bicubic, count_trainable, describe, record
 from sr_lightning.models.checkpoint import load_state_dict
@@ -81,15 +82,16 @@ def run_train(cfg: DictConfig) -> dict:
         return {"val/psnr": float(done.get("best", {}).get("val/psnr", float("nan")))}
     folder = RunFolder(cfg.paths.output_dir)
     recorder = rank_zero_only.rank == 0  # set from the environment (RANK, LOCAL_RANK, SLURM)
-    if recorder:
-        folder.write_process()
-    else:
-        leave_the_log_to_rank_zero(folder)
-    try:
-        return fit_and_test(cfg, folder)
-    finally:
+    with hold_a_free_device_slot(cfg) as device:  # hydra/launcher=parallel only
         if recorder:
-            folder.end_process()
+            folder.write_process(device)
+        else:
+            leave_the_log_to_rank_zero(folder)
+        try:
+            return fit_and_test(cfg, folder)
+        finally:
+            if recorder:
+                folder.end_process()
 
 
 def leave_the_log_to_rank_zero(folder: RunFolder) -> None:

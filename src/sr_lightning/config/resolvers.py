@@ -79,6 +79,14 @@ def sweep_job(*, _root_: Any) -> str:
     return sweep_job_folder(_root_)
 
 
+def parallel_jobs(spec: Any, trainer_devices: Any = 1) -> int:
+    """``${sr_parallel_jobs:${sweep_devices},${trainer.devices}}``: jobs at once under
+    ``hydra/launcher=parallel`` (``config/sweep_devices.py``)."""
+    from sr_lightning.config.sweep_devices import parallel_jobs as jobs
+
+    return jobs(spec, trainer_devices)
+
+
 def wandb_mode() -> str:
     from sr_lightning.training.wandb_mode import wandb_mode as mode
 
@@ -93,6 +101,7 @@ RESOLVERS = {
     "sr_preset": preset_value,
     "sr_run": run_name,
     "sr_sweep_job": sweep_job,
+    "sr_parallel_jobs": parallel_jobs,
     "sr_wandb_mode": wandb_mode,
 }
 

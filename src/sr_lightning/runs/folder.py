@@ -179,15 +179,17 @@ class RunFolder:
     def write_config(self, text: str) -> bool:
         return write_atomically(self.recorded_config, text)
 
-    def write_process(self) -> bool:
+    def write_process(self, device: dict[str, Any] | None = None) -> bool:
         """Record this process as the one training the run (``train.py``, rank zero, at start):
-        pid, host, its start tick (a reused pid is not taken for it) and the wall time."""
+        pid, host, its start tick (a reused pid is not taken for it), the wall time and, for a
+        job of a parallel sweep, the device slot it holds."""
         record = {
             "pid": os.getpid(),
             "host": socket.gethostname(),
             "start_ticks": process_start_ticks(os.getpid()),
             "started": time.time(),
             "ended": None,
+            **({"device": device} if device else {}),
         }
         return write_atomically(self.process, json.dumps(record, indent=2) + "\n")
 

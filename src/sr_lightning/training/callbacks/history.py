@@ -160,7 +160,8 @@ def run_label(folder: RunFolder, pl_module=None) -> str:
     run folder (a sweep job's as ``<sweep folder>/<job folder>``) and the network
     (``quickstart, 2024-06-01_12-00-00_123456, edsr 8x48``)."""
     path = folder.path.resolve()
-    experiment, in_sweep = None, path.name.isdigit()
+    # Hydra writes multirun.yaml into a sweep folder: its job folders are numbered or named
+    experiment, in_sweep = None, (path.parent / "multirun.yaml").is_file()
     with contextlib.suppress(Exception):  # no Hydra config (a notebook): the folder says it
         from hydra.core.hydra_config import HydraConfig
         from hydra.types import RunMode
