@@ -52,7 +52,10 @@ def run_summary(
     error: str | None,
     wall_s: float,
 ) -> dict[str, Any]:
-    """The ``summary.json`` of a run: what the sweep report tabulates for each job."""
+    """The ``summary.json`` of a run: what the sweep report tabulates for each job.
+    ``wall_time_s``: the whole run, resumes included (``wall_s`` of this process plus the
+    training time of the earlier ones up to the checkpoint it resumed from; work they did after
+    that checkpoint was done again here and counts once)."""
     history = next((c for c in trainer.callbacks if isinstance(c, MetricHistory)), None)
     throughput = next((c for c in trainer.callbacks if isinstance(c, ImagesPerSecond)), None)
     return {
@@ -64,7 +67,7 @@ def run_summary(
         "per_device_batch_size": datamodule.batch_size // trainer.world_size,
         "world_size": trainer.world_size,
         "precision": arithmetic(trainer, module),
-        "wall_time_s": round(wall_s, 2),
+        "wall_time_s": round(wall_s + (history.minutes_before * 60 if history else 0.0), 2),
         "status": status,
         "error": error,
         "best": history.best if history else {},
