@@ -74,3 +74,15 @@ def test_the_throughput_peak_reads_the_convolutions_tf32_setting(conv, expected)
         assert convs_in_tf32() is expected
     finally:
         backends.conv.fp32_precision, backends.rnn.fp32_precision = saved
+
+
+@pytest.mark.slow
+def test_train_py_prints_the_refusal_alone_and_exits_2(tmp_path, sample_cache):
+    """As typed: one ``error:`` line naming the key, no Hydra traceback, exit code 2."""
+    from helpers import train
+
+    args = [*tiny_args(sample_cache), "trainer.precision=bf16-true", f"hydra.run.dir={tmp_path}"]
+    refused = train(args, check=False)
+    assert refused.returncode == 2, refused.stderr[-2000:]
+    assert f"error: trainer.precision='bf16-true': {ALLOWED}" in refused.stderr
+    assert "Traceback" not in refused.stderr and "HYDRA_FULL_ERROR" not in refused.stderr

@@ -61,9 +61,14 @@ def several_processes(cfg: DictConfig) -> bool:
     return not one or cfg.trainer.get("num_nodes", 1) != 1
 
 
+class ConfigRuleError(ValueError):
+    """A config a rule refuses; the message names the key, the allowed values and what to do
+    (``train.py`` prints it alone, no traceback, and exits 2)."""
+
+
 def refuse_untrainable_model(cfg: DictConfig) -> None:
     if cfg.model.net.get("preset") == "bicubic":
-        raise ValueError(
+        raise ConfigRuleError(
             "model=bicubic has nothing to train: score it with eval.py model=bicubic "
             "(train.py prints the bicubic rows next to every trained model)"
         )
@@ -76,7 +81,7 @@ def refuse_precision_that_casts_the_weights(cfg: DictConfig) -> None:
     value = cfg.trainer.get("precision")
     if value is None or str(value) in PRECISIONS:
         return
-    raise ValueError(
+    raise ConfigRuleError(
         f"trainer.precision={value!r}: allowed values are {list(PRECISIONS)}; a precision "
         "that casts the weights (bf16-true, 16-true, 64-true, transformer-engine) cannot run "
         "the fp32 evaluation (validation, test, eval.py): train in bf16-mixed or 16-mixed"
@@ -143,7 +148,7 @@ def check_same_job(cfg: DictConfig, folder: RunFolder) -> None:
         if not run_environment_key(d)
     ]
     if differ:
-        raise ValueError(
+        raise ConfigRuleError(
             f"{folder.path} holds a job trained with another config "
             f"({', '.join(differ[:5])} differ): a sweep is continued only with the command "
             "that started it; use a new hydra.sweep.dir for a new sweep"
@@ -373,7 +378,9 @@ def average_the_weights(cfg: DictConfig) -> None:
     if decay is None:
         return
     if not 0 < float(decay) < 1:
-        raise ValueError(f"optim.ema_decay={decay} must be in (0, 1), e.g. 0.999 (or null: off)")
+        raise ConfigRuleError(
+            f"optim.ema_decay={decay} must be in (0, 1), e.g. 0.999 (or null: off)"
+        )
     with open_dict(cfg):
         cfg.callbacks.ema = {
             "_target_": "lightning.pytorch.callbacks.EMAWeightAveraging",
