@@ -4,6 +4,9 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 # CPU machines take the local CPU wheel; CUDA users: make install TORCH="torch==2.x.y"
 TORCH ?= torch==2.13.0
+# sharded training sets (sr-shard, data.train_set=shards): the [stream] extra, installed
+# without litdata's torchvision (PyPI's needs a CUDA torch and would replace this one)
+LITDATA ?= litdata>=0.2.76,<0.3
 # this machine's data sets; elsewhere data.root defaults to $SR_DATA_ROOT, else ./data
 DATA ?= $(or $(SR_DATA_ROOT),../shared/datasets)
 
@@ -13,7 +16,8 @@ install:
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --upgrade pip
 	$(PY) -m pip install "$(TORCH)"
-	$(PY) -m pip install -e ".[dev,sample,sweep,export]"
+	$(PY) -m pip install -e ".[dev,sample,sweep,export]" boto3 obstore
+	$(PY) -m pip install --no-deps "$(LITDATA)"
 
 # the full suite (what CI and the README run); the fast first tier: in-process tests only
 test:

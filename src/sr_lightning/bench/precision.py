@@ -14,17 +14,16 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import time
 from contextlib import nullcontext
 
 import torch
 import torch.nn.functional as F
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
+from sr_lightning.bench.step import time_steps
 from sr_lightning.core.inference import set_tf32
 from sr_lightning.models import build_net
 from sr_lightning.training.compile import CompiledOrEager
-from sr_lightning.training.flops import sync
 
 
 def step_ms(args: argparse.Namespace, bf16: bool, fp32_output: bool, tf32: bool) -> float:
@@ -38,21 +37,18 @@ def step_ms(args: argparse.Namespace, bf16: bool, fp32_output: bool, tf32: bool)
     lr = torch.randint(0, 256, (args.batch, 3, args.patch, args.patch), device=args.device)
     lr = lr.float().contiguous(memory_format=nhwc)
     hr = F.interpolate(lr, scale_factor=2, mode="nearest")
+    amp = torch.autocast(args.device, dtype=torch.bfloat16) if bf16 else nullcontext()
+
+    def step(i: int) -> None:
+        with amp:
+            loss = F.l1_loss(net(lr), hr)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+
     saved = set_tf32(tf32)
-    times = []
     try:
-        for i in range(args.warmup + args.steps):
-            sync(args.device)
-            start = time.perf_counter()
-            amp = torch.autocast(args.device, dtype=torch.bfloat16) if bf16 else nullcontext()
-            with amp:
-                loss = F.l1_loss(net(lr), hr)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            sync(args.device)
-            if i >= args.warmup:
-                times.append(time.perf_counter() - start)
+        times = time_steps(step, args.device, args.warmup, args.steps)
     finally:
         set_tf32(*saved)
     return 1000 * statistics.median(times)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 
 import lightning as L
@@ -40,6 +41,20 @@ def host_batches(
     ]
 
 
+def time_steps(step: Callable[[int], None], device: str, warmup: int, steps: int) -> list[float]:
+    """Seconds of each of ``steps`` calls ``step(i)`` after ``warmup`` untimed ones, the device
+    synchronised around each call (what every step timing of the benchmarks measures)."""
+    times = []
+    for i in range(warmup + steps):
+        sync(device)
+        start = time.perf_counter()
+        step(i)
+        sync(device)
+        if i >= warmup:
+            times.append(time.perf_counter() - start)
+    return times
+
+
 def plain_step_times(
     model: str,
     device: str,
@@ -54,19 +69,16 @@ def plain_step_times(
     net = make_net(model, scale, net_args).to(device).train()
     opt = torch.optim.Adam([p for p in net.parameters() if p.requires_grad], lr=1e-4)
     data = host_batches(batch, patch, scale)
-    times = []
-    for i in range(warmup + steps):
-        sync(device)
-        start = time.perf_counter()
+
+    def step(i: int) -> None:
         lr, hr = (t.to(device) for t in data[i % len(data)])
         loss = F.l1_loss(net(lr), hr)
         opt.zero_grad()
         loss.backward()
         opt.step()
         loss.item()  # the reference logs the loss every step: a host sync
-        if i >= warmup:
-            times.append(time.perf_counter() - start)
-    return times
+
+    return time_steps(step, device, warmup, steps)
 
 
 class StepTimer(L.Callback):

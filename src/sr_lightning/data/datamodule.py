@@ -28,6 +28,7 @@ from sr_lightning.data.degradation import check_degradation
 from sr_lightning.data.device_patches import DevicePatchBatches
 from sr_lightning.data.io import ImageError, to_rgb
 from sr_lightning.data.patches import PatchBatches
+from sr_lightning.data.shards import SHARDS, shard_train_images
 from sr_lightning.data.workers import loader_worker_init
 
 log = logging.getLogger(__name__)
@@ -155,7 +156,9 @@ class SRDataModule(L.LightningDataModule):
       (``DIV2K`` images ``train_range``, ``sample``, or a folder of HR images whose LR is made
       with the MATLAB-exact imresize), 8 dihedral augmentations, one scale per batch drawn
       among ``scales``, ``updates_per_epoch`` batches per epoch of ``batch_size`` patches in
-      all (the global batch: each of N processes takes ``batch_size / N``);
+      all (the global batch: each of N processes takes ``batch_size / N``); ``train_set=shards``
+      streams a folder written by ``sr-shard`` from ``shards_url`` through a node cache of at
+      most ``stream_cache_gb`` (the same patches as from the folder, see ``shards.py``);
     - val: whole images of ``val_sets`` at every scale (one dataloader per set and scale):
       the ``val`` split of ``sample``, DIV2K images ``div2k_val_range``;
     - test: the ``benchmarks`` at every scale: the held-out ``test`` split of ``sample``,
@@ -193,6 +196,8 @@ class SRDataModule(L.LightningDataModule):
         protocol: str = "auto",
         on_device: bool = False,
         degradation: str = "bicubic",
+        shards_url: str | None = None,
+        stream_cache_gb: float = 50.0,
     ):
         super().__init__()
         self.root = str(root)
@@ -214,6 +219,8 @@ class SRDataModule(L.LightningDataModule):
         self.protocol = protocol
         self.on_device = on_device
         self.degradation = degradation
+        self.shards_url = shards_url  # data.train_set=shards: see data/shards.py
+        self.stream_cache_gb = stream_cache_gb
         self.device_batches: DevicePatchBatches | None = None  # built at the first epoch
         self.per_device_batch_size = batch_size  # set for the run's world size in setup()
         self.validate()
@@ -241,6 +248,11 @@ class SRDataModule(L.LightningDataModule):
         if self.num_workers < 0:
             raise ValueError(f"data.num_workers={self.num_workers} must be >= 0")
         check_degradation(self.degradation)
+        if self.train_set == SHARDS and self.on_device:
+            raise ValueError(
+                f"data.on_device=true needs every training image on the device; "
+                f"data.train_set={SHARDS} streams them: set data.on_device=false"
+            )
         for key, value in (
             ("data.div2k_val_range", self.div2k_val_range),
             ("data.div2k_test_range", self.div2k_test_range),
@@ -278,7 +290,17 @@ class SRDataModule(L.LightningDataModule):
         return degraded(pairs, self.degradation)
 
     def load_train_images(self) -> dict[int, list[tuple[torch.Tensor, torch.Tensor]]]:
-        """(LR, HR) uint8 RGB memory maps per scale, checked to fit a patch."""
+        """(LR, HR) uint8 RGB memory maps per scale, checked to fit a patch (streamed from
+        ``shards_url`` for ``train_set=shards``)."""
+        if self.train_set == SHARDS:
+            return shard_train_images(
+                self.shards_url,
+                self.scales,
+                self.patch_size,
+                self.degradation,
+                self.cache_dir,
+                self.stream_cache_gb,
+            )
         images: dict[int, list[tuple[torch.Tensor, torch.Tensor]]] = {}
         for scale in self.scales:
             images[scale] = []
@@ -298,7 +320,9 @@ class SRDataModule(L.LightningDataModule):
         each in the split and DIV2K range it will use) and decode the evaluation images into
         the cache (``decode``), before the first update: a wrong ``data.root`` or a corrupt
         file fails now, naming it, not after hours of training."""
-        if train:
+        if train and self.train_set == SHARDS:
+            self.load_train_images()  # reads and checks the manifest, fetches no image
+        elif train:
             for scale in self.scales:
                 self.train_pairs(scale)
         val, test = self._eval_sets(self.val_sets, "val"), self._eval_sets(self.benchmarks, "test")

@@ -130,26 +130,38 @@ def load_lr(pair: Pair, scale: int, cache_dir: Path | None = None) -> torch.Tens
     )
 
 
+def check_scale(hr: torch.Tensor, scale: int, label: object) -> None:
+    """Refuse an HR image smaller than ``scale`` (it would give an empty LR image)."""
+    if min(hr.shape[-2:]) < scale:
+        raise ImageError(
+            f"{label}: HR size {tuple(hr.shape[-2:])} is smaller than the scale x{scale}"
+        )
+
+
+def align(
+    lr: torch.Tensor, hr: torch.Tensor, scale: int, lr_label: object, hr_label: object
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(LR, HR cropped to exactly LR size x ``scale``, top-left), checked (also used by the
+    sharded training sets, ``shards.py``)."""
+    h, w = lr.shape[-2] * scale, lr.shape[-1] * scale
+    if lr.shape[0] != hr.shape[0]:
+        raise ImageError(f"{lr_label}: {lr.shape[0]} channels, but {hr_label} has {hr.shape[0]}")
+    hr_h, hr_w = hr.shape[-2:]
+    if not (h <= hr_h < h + scale and w <= hr_w < w + scale):
+        raise ImageError(
+            f"{lr_label}: LR size {tuple(lr.shape[-2:])} does not match HR {hr_label} "
+            f"{tuple(hr.shape[-2:])} at x{scale} (expected floor(HR / {scale}))"
+        )
+    return lr, hr[..., :h, :w]
+
+
 def aligned_pair(
     pair: Pair, scale: int, cache_dir: Path | None = None
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """(LR, HR) uint8 with HR cropped to exactly LR size x ``scale`` (top-left), checked."""
     hr = load_hr(pair.hr, cache_dir)
-    if min(hr.shape[-2:]) < scale:  # would give an empty LR image
-        raise ImageError(
-            f"{pair.hr}: HR size {tuple(hr.shape[-2:])} is smaller than the scale x{scale}"
-        )
-    lr = load_lr(pair, scale, cache_dir)
-    h, w = lr.shape[-2] * scale, lr.shape[-1] * scale
-    if lr.shape[0] != hr.shape[0]:
-        raise ImageError(f"{pair.lr}: {lr.shape[0]} channels, but {pair.hr} has {hr.shape[0]}")
-    hr_h, hr_w = hr.shape[-2:]
-    if not (h <= hr_h < h + scale and w <= hr_w < w + scale):
-        raise ImageError(
-            f"{pair.lr}: LR size {tuple(lr.shape[-2:])} does not match HR {pair.hr} "
-            f"{tuple(hr.shape[-2:])} at x{scale} (expected floor(HR / {scale}))"
-        )
-    return lr, hr[..., :h, :w]
+    check_scale(hr, scale, pair.hr)
+    return align(load_lr(pair, scale, cache_dir), hr, scale, pair.lr, pair.hr)
 
 
 def protocol_for(name: str, scale: int, pairs: list[Pair], protocol: str = "auto") -> Protocol:
