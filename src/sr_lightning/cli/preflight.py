@@ -239,7 +239,7 @@ def data_files(datamodule) -> tuple[FileList | None, FileList | None, list[str]]
         ("test", datamodule.benchmarks, "test"),
     ):
         try:
-            for data in datamodule._eval_sets(names, split):
+            for data in datamodule.eval_sets(names, split):
                 evaluation.update(listed(data.pairs, split, bases))
         except (FileNotFoundError, ValueError, ImportError) as e:
             problems.append(f"{what} set: {e}")

@@ -325,7 +325,7 @@ class SRDataModule(L.LightningDataModule):
         elif train:
             for scale in self.scales:
                 self.train_pairs(scale)
-        val, test = self._eval_sets(self.val_sets, "val"), self._eval_sets(self.benchmarks, "test")
+        val, test = self.eval_sets(self.val_sets, "val"), self.eval_sets(self.benchmarks, "test")
         for data in [*val, *test]:
             for pair in data.pairs if decode else ():
                 aligned_pair(pair, data.scale, self.cache_dir)
@@ -354,7 +354,7 @@ class SRDataModule(L.LightningDataModule):
                 world,
             )
         if stage in ("fit", "validate", None):
-            self.val_data = self._eval_sets(self.val_sets, split="val")
+            self.val_data = self.eval_sets(self.val_sets, split="val")
         if stage in ("test", None):
             self.test_data = self.test_sets()
 
@@ -362,14 +362,14 @@ class SRDataModule(L.LightningDataModule):
         """The ``benchmarks`` (split ``test``, DIV2K ``div2k_test_range``) at every scale,
         each labelled ``"<set> (validation)"`` where it shares images with a validation set
         (:func:`label_validation_overlap`)."""
-        val = self.val_data or self._eval_sets(self.val_sets, "val")
-        sets = label_validation_overlap(self._eval_sets(self.benchmarks, "test"), val)
+        val = self.val_data or self.eval_sets(self.val_sets, "val")
+        sets = label_validation_overlap(self.eval_sets(self.benchmarks, "test"), val)
         shared = list(dict.fromkeys(d.name for d in sets if d.name.endswith(VALIDATION_SUFFIX)))
         if shared and self._rank_world()[0] == 0:
             log.warning("test sets that share images with validation, so labelled: %s", shared)
         return sets
 
-    def _eval_sets(self, names: Sequence[str], split: str) -> list[EvalDataset]:
+    def eval_sets(self, names: Sequence[str], split: str) -> list[EvalDataset]:
         """``names`` at every scale: ``split`` ``val`` (the validation sets: the sample's
         ``val`` photos, DIV2K ``div2k_val_range``) or ``test`` (the test sets: the sample's
         ``test`` photos, DIV2K ``div2k_test_range``)."""
